@@ -1,0 +1,72 @@
+"""Model loading behind one spec string: `bundled:digits`, `diffusers:PATH_OR_ID`, `adm:PATH`.
+
+Every loader returns a `LoadedModel` whose `.model` follows the DESIGN §3 interface, so the
+samplers and the pipeline never know which family they run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..diffusion import NoiseSchedule
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+BUNDLED_MODELS = ("digits",)
+SCHEMES = ("bundled", "diffusers", "adm")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: torch.nn.Module
+    schedule: NoiseSchedule
+    shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int | None
+    spec: str
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """'scheme:target' → (scheme, target), with a clear error for anything else."""
+    scheme, sep, target = str(spec).partition(":")
+    if not sep or scheme not in SCHEMES or not target:
+        raise ValueError(f"unknown model spec {spec!r}: use bundled:digits, diffusers:PATH_OR_ID or adm:PATH")
+    if scheme == "bundled" and target not in BUNDLED_MODELS:
+        raise ValueError(f"unknown bundled model {target!r}: available: {', '.join(BUNDLED_MODELS)}")
+    return scheme, target
+
+
+def load_model(spec: str, device: torch.device | str = "cpu", **options) -> LoadedModel:
+    """Load a model from its spec onto `device`, ready for sampling (eval mode, weights only)."""
+    scheme, target = parse_spec(spec)
+    if scheme == "adm":
+        from .adm_loader import load_adm
+
+        return load_adm(target, device=device, spec=spec, **options)
+    if options:
+        raise ValueError(f"options {sorted(options)} apply only to adm: specs")
+    from .diffusers_unet import load_diffusers_unet
+
+    if scheme == "bundled":
+        path = BUNDLED_DIR / target
+        if not (path / "unet" / "config.json").is_file():
+            raise ValueError(f"the bundled {target} model is missing from {path}: run `minority-synth train-demo` to rebuild it")
+        model, schedule, shape, num_classes = load_diffusers_unet(str(path), device)
+    else:
+        model, schedule, shape, num_classes = load_diffusers_unet(target, device)
+    return LoadedModel(model, schedule, shape, num_classes, spec)
+
+
+def load_digit_classifier(device: torch.device | str = "cpu", path: Path | None = None):
+    """The bundled digit classifier (weights from safetensors), in eval mode."""
+    from safetensors.torch import load_file
+
+    from .digit_classifier import DigitClassifier
+
+    path = path or BUNDLED_DIR / "digits" / "classifier.safetensors"
+    if not Path(path).is_file():
+        raise ValueError(f"digit classifier weights missing at {path}: run `minority-synth train-demo` to rebuild them")
+    model = DigitClassifier()
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval()
