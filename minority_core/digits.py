@@ -57,8 +57,3 @@ def split_digits(seed: int = 0, test_fraction: float = 0.2, imbalanced: bool = T
     test = np.sort(np.concatenate(test_idx))
     return DigitsSplit(images[train], labels[train], images[test], labels[test])
 
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[−1, 1] float NCHW → uint8 NHWC, the layout images are stored and scored in."""
-    scaled = np.clip((np.asarray(images, dtype=np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return scaled.transpose(0, 2, 3, 1)

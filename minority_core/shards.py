@@ -62,6 +62,7 @@ __all__ = [
 T = TypeVar("T")
 
 MANIFEST_NAME = "manifest.json"
+RUN_ENTRIES = ("samples", "features", "scores", "report")  # what `clear()` removes besides the manifest
 MAX_SHARD_INDEX = 99_999  # five digits in file names and sample ids keep them sortable
 MAX_ROW = 999_999  # six digits in sample ids
 ROWS_PER_GROUP = 64  # images are large: small row groups keep readers' memory bounded
@@ -769,6 +770,16 @@ class ShardStore:
     def write_manifest(self, manifest: Manifest) -> None:
         """Atomically replace the manifest (pretty, sorted JSON; never contains storage options)."""
         self._put_atomic(MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+
+    def clear(self) -> None:
+        """Remove a previous run (manifest first, so a crash midway never leaves a manifest that
+        names deleted shards); only the product's own entries, never other files under the root."""
+        self._remove_quietly(self._abs(MANIFEST_NAME))
+        for entry in RUN_ENTRIES:
+            path = self._abs(entry)
+            if self._retry(lambda: self.fs.exists(path), f"stat {self.url_of(entry)}"):
+                self._retry(lambda: self.fs.rm(path, recursive=True), f"delete {self.url_of(entry)}")
+            self._invalidate(path)
 
     # ----- preflight
 

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -64,3 +66,39 @@ def s3_bucket(moto_endpoint, request) -> tuple[str, dict]:
     fs = s3fs.S3FileSystem(**options)
     fs.mkdir(name)
     return f"s3://{name}", options
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect API (a real server process, ephemeral) for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Local Ray started once per session from the main thread (2 CPUs, as on CI)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusers_model(tmp_path_factory) -> str:
+    """A small random diffusers UNet2DModel + DDPMScheduler saved with save_pretrained (8×8, 1 channel)."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = tmp_path_factory.mktemp("tiny-unet")
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+    )
+    unet.save_pretrained(folder / "unet")
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(folder / "scheduler")
+    return str(folder)

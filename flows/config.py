@@ -1,0 +1,104 @@
+"""Typed, validated run configuration: checked once at the edge, before any work starts."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from minority_core.presets import defaults_for, sampler_config_for
+
+SECRET_KEY = re.compile(r"(secret|password|token|key$|^key|credential|session)", re.IGNORECASE)
+STORAGE_OPTIONS_ENV = "MINORITY_STORAGE_OPTIONS"
+
+
+class SynthesisConfig(BaseModel):
+    """One synthesis run (one arm): a model, a sampler with or without guidance, and where to write."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "bundled:digits"
+    preset: str | None = None
+    num_samples: int = Field(gt=0)
+    shard_size: int = Field(default=256, gt=0)
+    out: str
+    arm: str = Field(default="guided", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    # sampler and guidance; None means "the model's preset default"
+    guidance_scale: float | None = Field(default=None, ge=0)
+    perturb_ratio: float | None = None
+    every: int | None = None
+    stop_ratio: float | None = None
+    scale_type: Literal["var", "fixed"] | None = None
+    distance: Literal["l2", "lpips"] | None = None
+    mc_samples: int | None = None
+    steps: int | None = None
+    sampler: Literal["ancestral", "ddim"] = "ancestral"
+    eta: float = Field(default=0.0, ge=0, le=1)
+    batch_size: int = Field(default=256, gt=0)
+    seed: int = Field(default=0, ge=0)
+    extractor: str | None = None
+    # execution (not part of what the output depends on)
+    workers: int = Field(default=2, ge=0, le=256)
+    ray_address: str | None = None
+    device: str = "cpu"
+    overwrite: bool = False
+    storage_options: dict = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from minority_core.models import parse_spec
+
+        parse_spec(value)
+        return value
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, value: dict) -> dict:
+        secret = sorted(k for k in value if SECRET_KEY.search(str(k)))
+        if secret:
+            raise ValueError(
+                f"storage option(s) {secret} look like credentials: pass them through the environment "
+                f"(e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or {STORAGE_OPTIONS_ENV}, never as flow parameters"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _sampler_valid(self) -> "SynthesisConfig":
+        self.sampler_config()  # builds MinorityGuidance / SamplerConfig: their validation applies here
+        if "://" not in self.out and not self.out.startswith("/"):
+            raise ValueError(f"out must be an absolute path or a URL (file://, s3://, gs://, memory://), got {self.out!r}")
+        return self
+
+    def sampler_config(self):
+        """The library's SamplerConfig, preset defaults filling unset fields."""
+        return sampler_config_for(
+            self.model, guidance_scale=self.guidance_scale, perturb_ratio=self.perturb_ratio, every=self.every,
+            stop_ratio=self.stop_ratio, scale_type=self.scale_type, distance=self.distance, mc_samples=self.mc_samples,
+            steps=self.steps, sampler=self.sampler, eta=self.eta, batch_size=self.batch_size,
+        )
+
+    def resolved_extractor(self) -> str:
+        return self.extractor or defaults_for(self.model)["extractor"]
+
+    def output_identity(self) -> dict:
+        """What the output bytes depend on (the manifest's config): no execution or credential fields."""
+        return {
+            "model": self.model,
+            "preset": self.preset,
+            "num_samples": self.num_samples,
+            "shard_size": self.shard_size,
+            "arm": self.arm,
+            "seed": self.seed,
+            "extractor": self.resolved_extractor(),
+            "sampler": self.sampler_config().to_dict(),
+        }
+
+    def full_storage_options(self) -> dict:
+        """Flow-parameter options merged with credentials from the environment (never stored)."""
+        import json
+
+        secret = json.loads(os.environ.get(STORAGE_OPTIONS_ENV, "{}") or "{}")
+        return {**self.storage_options, **secret}

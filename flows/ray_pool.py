@@ -1,0 +1,98 @@
+"""A pool of ShardWorker Ray actors that keeps every actor busy.
+
+One actor per GPU (`num_gpus=1`) where Ray sees GPUs, else `workers` CPU actors (`num_cpus=1`,
+so Ray pins each to one OMP thread and their results do not depend on the pool size). Actors
+restart after a crash and Ray retries the interrupted call (writes are idempotent: same seed,
+same bytes, atomic commit). Prefect tasks borrow an idle actor from a queue, so as many shards
+run at once as there are actors.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from contextlib import contextmanager
+from typing import Iterator
+
+from minority_core.worker import ShardWorker
+
+ACTOR_MAX_RESTARTS = 4
+ACTOR_MAX_TASK_RETRIES = 4
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Start local Ray (or connect to `address` / $RAY_ADDRESS) once per process, from the main thread."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    if address is None:
+        kwargs["num_cpus"] = num_cpus or os.cpu_count()
+    try:
+        ray.init(address=address, **kwargs)
+    except ConnectionError as exc:
+        raise ValueError(f"could not connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
+
+
+class ActorPool:
+    """Idle actors in a queue; `borrow()` blocks until one is free."""
+
+    def __init__(self, worker_kwargs: dict, workers: int, ray_address: str | None = None) -> None:
+        import ray
+
+        ensure_ray(ray_address, num_cpus=max(workers, 1) if not ray_address else None)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if gpus > 0:
+            resources = {"num_gpus": 1, "num_cpus": 1}
+            count = gpus
+            worker_kwargs = {**worker_kwargs, "device": "cuda"}
+        else:
+            resources = {"num_cpus": 1}
+            count = max(1, workers)
+        actor_class = ray.remote(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES)(ShardWorker)
+        self.actors = [actor_class.options(**resources).remote(**worker_kwargs) for _ in range(count)]
+        ray.get([a.ping.remote() for a in self.actors])  # surface model-loading errors here, once
+        self.idle: queue.Queue = queue.Queue()
+        for actor in self.actors:
+            self.idle.put(actor)
+
+    @contextmanager
+    def borrow(self) -> Iterator[object]:
+        actor = self.idle.get()
+        try:
+            yield actor
+        finally:
+            self.idle.put(actor)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+        self.actors = []
+
+
+class InProcessPool:
+    """`workers = 0`: one ShardWorker in this process (no Ray) — for memory:// and the baseline."""
+
+    def __init__(self, worker_kwargs: dict) -> None:
+        self.worker = ShardWorker(**worker_kwargs)
+        self.actors = [self.worker]
+
+    @contextmanager
+    def borrow(self) -> Iterator[object]:
+        yield self.worker
+
+    def shutdown(self) -> None:
+        pass
+
+
+def call(actor: object, method: str, *args):
+    """Call a worker method on a Ray actor or a local worker alike."""
+    import ray
+
+    fn = getattr(actor, method)
+    return ray.get(fn.remote(*args)) if hasattr(fn, "remote") else fn(*args)

@@ -1,0 +1,261 @@
+"""`adm:PATH` specs: guided-diffusion (ADM) checkpoints as DESIGN §3 models, plus the paper's
+guidance defaults per preset and the two-stage ImageNet-256 sampler (guided 64 px, then the
+unguided 64→256 upsampler, as guided-diffusion's super_res_sample does).
+
+A checkpoint is a bare state_dict (`.pt` read with `torch.load(weights_only=True)`, or
+`.safetensors`); it does not say which architecture it needs, so a preset (or a full set of
+architecture flags) does, and the strict load in `adm.load_adm_state_dict` says when they
+disagree.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion import NoiseSchedule
+from ..guidance import MinorityGuidance
+from ..sampling import ancestral_sample
+from . import LoadedModel
+from .adm import ADM_PRESETS, ADMSuperResUNet, ADMUNet, _arch, build_adm, load_adm_state_dict
+
+__all__ = [
+    "ADMSuperResModel",
+    "PAPER_GUIDANCE",
+    "draw_class_labels",
+    "load_adm",
+    "paper_guidance",
+    "sample_imagenet256",
+]
+
+# Diffusion-side flags (the rest are architecture flags, passed to build_adm).
+DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule", "small_size")
+# Without a preset these must be given: guided-diffusion's defaults for them fit none of the
+# published checkpoints, and a wrong schedule would load cleanly and only show in the samples.
+REQUIRED_WITHOUT_PRESET = ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "noise_schedule")
+
+# --------------------------------------------------------------------------- paper defaults
+
+_CELEBA = dict(scale=0.4, perturb_ratio=0.8, every=5, scale_type="var", distance="lpips", steps=250)
+_IMAGENET64 = _CELEBA | dict(scale=0.2, every=2)
+
+# Um & Ye's settings per preset (sg-minority's scripts). `steps` is the respaced sampling grid;
+# the imagenet64to256 entry guides its 64 px stage with the imagenet64 settings and runs the
+# upsampler unguided (`upsampler_guidance: None`) on the same number of steps.
+PAPER_GUIDANCE: dict[str, dict[str, Any]] = {
+    "celeba64": dict(_CELEBA),
+    "lsun256": dict(_CELEBA),
+    "imagenet64": dict(_IMAGENET64),
+    "imagenet64to256": _IMAGENET64 | dict(base_preset="imagenet64", upsampler_guidance=None),
+}
+
+_GUIDANCE_FIELDS = ("scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "normalize", "mc_samples")
+
+
+def paper_guidance(preset: str, **overrides: Any) -> tuple[MinorityGuidance, int]:
+    """(MinorityGuidance, steps) with the paper's defaults for `preset`, overrides applied."""
+    if preset not in PAPER_GUIDANCE:
+        raise ValueError(f"no paper guidance defaults for {preset!r}; known: {', '.join(PAPER_GUIDANCE)}")
+    settings = PAPER_GUIDANCE[preset] | overrides
+    fields = {k: v for k, v in settings.items() if k in _GUIDANCE_FIELDS}
+    return MinorityGuidance(**fields), int(settings["steps"])
+
+
+# --------------------------------------------------------------------------- the models
+
+
+class ADMSuperResModel(nn.Module):
+    """The upsampler as `model(x, t, y=None)`: its 64 px input is state, set by the caller.
+
+    The samplers know nothing of a low-res input, so the two-stage sampler sets it for the
+    duration of the second stage with `conditioned_on(low_res)`; calling the model without it
+    is an error rather than a silently unconditioned sample.
+    """
+
+    def __init__(self, net: ADMSuperResUNet, small_size: int) -> None:
+        super().__init__()
+        self.net = net
+        self.small_size = small_size
+        self.low_res: Tensor | None = None
+
+    @contextmanager
+    def conditioned_on(self, low_res: Tensor) -> Iterator["ADMSuperResModel"]:
+        previous, self.low_res = self.low_res, low_res
+        try:
+            yield self
+        finally:
+            self.low_res = previous
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        low_res = self.low_res
+        if low_res is None:
+            raise ValueError("the upsampler needs its low-res input: use sample_imagenet256 or `with model.conditioned_on(low_res):`")
+        if low_res.shape[0] != x.shape[0]:
+            raise ValueError(f"low_res has batch {low_res.shape[0]} but x has {x.shape[0]}")
+        return self.net(x, t, low_res=low_res.to(device=x.device, dtype=x.dtype), y=y)
+
+
+def load_adm(
+    path: str,
+    device: torch.device | str = "cpu",
+    spec: str = "",
+    preset: str | None = None,
+    **flags: Any,
+) -> LoadedModel:
+    """Build the ADM a preset (and/or explicit flags) describes and load `path` into it, weights only.
+
+    Flags override the preset's architecture (`num_channels=...`) or diffusion settings
+    (`noise_schedule`, `diffusion_steps`, `small_size`). `use_fp16` defaults to the preset's value
+    on CUDA and to False elsewhere (float16 convolutions are slow or missing on CPU).
+    """
+    path = os.fspath(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ADM checkpoint not found: {path}")
+    unet_flags, diffusion = _resolve_flags(preset, flags, torch.device(device))
+    schedule = _schedule(diffusion["noise_schedule"], int(diffusion["diffusion_steps"]))  # fail before the load
+    net = _build_on_device(unet_flags, torch.device(device))
+    _load_weights(net, path)
+    net.eval().requires_grad_(False)  # guidance differentiates w.r.t. x only
+    size = int(unet_flags["image_size"])
+    model: nn.Module = net
+    if isinstance(net, ADMSuperResUNet):
+        model = ADMSuperResModel(net, _small_size(preset, unet_flags, flags))
+    return LoadedModel(
+        model=model,
+        schedule=schedule,
+        shape=(3, size, size),
+        num_classes=unet_flags["num_classes"],
+        spec=spec or f"adm:{path}",
+    )
+
+
+def _resolve_flags(preset: str | None, flags: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(architecture flags, diffusion settings) from a preset and explicit flags."""
+    defaults = _arch()
+    unknown = sorted(set(flags) - set(defaults) - set(DIFFUSION_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown ADM flag(s) {', '.join(unknown)}; valid: {', '.join([*defaults, *DIFFUSION_FLAGS])}")
+    if preset is None:
+        missing = [k for k in REQUIRED_WITHOUT_PRESET if k not in flags]
+        if missing:
+            raise ValueError(
+                f"adm: models need a preset ({', '.join(ADM_PRESETS)}) or explicit architecture flags; missing: {', '.join(missing)}"
+            )
+        base_unet, base_diffusion = defaults, {"diffusion_steps": 1000, "small_size": None}
+    elif preset not in ADM_PRESETS:
+        raise ValueError(f"unknown ADM preset {preset!r}; valid: {', '.join(ADM_PRESETS)}")
+    else:
+        base_unet, base_diffusion = ADM_PRESETS[preset]["unet"], ADM_PRESETS[preset]["diffusion"]
+    unet = dict(base_unet) | {k: v for k, v in flags.items() if k in defaults}
+    if "use_fp16" not in flags and device.type != "cuda":
+        unet["use_fp16"] = False
+    diffusion = {k: base_diffusion.get(k) for k in DIFFUSION_FLAGS} | {k: v for k, v in flags.items() if k in DIFFUSION_FLAGS}
+    return unet, diffusion
+
+
+def _build_on_device(unet_flags: dict[str, Any], device: torch.device) -> ADMUNet:
+    """Build on the meta device, then allocate on `device`: the strict load fills every tensor,
+    so random initialisation (seconds for the 300-550 M parameter models) would be wasted."""
+    with torch.device("meta"):
+        # Every flag is given, so the preset named here only satisfies build_adm's signature.
+        net = build_adm(next(iter(ADM_PRESETS)), **unet_flags)
+    return net.to_empty(device=device)
+
+
+def _load_weights(net: nn.Module, path: str) -> None:
+    """Strict weights-only load; an unreadable file becomes a one-line ValueError naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        load_adm_state_dict(net, path)
+    except ValueError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, SafetensorError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path}: not a readable weights-only ADM checkpoint ({first})") from err
+
+
+def _schedule(noise_schedule: str, steps: int) -> NoiseSchedule:
+    """The training schedule (fixed_variance is unused: every ADM preset learns Σ)."""
+    if noise_schedule == "linear":
+        return NoiseSchedule.linear(steps)
+    if noise_schedule == "cosine":
+        return NoiseSchedule.cosine(steps)
+    raise ValueError(f"unknown noise_schedule {noise_schedule!r}: use linear or cosine")
+
+
+def _small_size(preset: str | None, unet_flags: dict[str, Any], flags: dict[str, Any]) -> int:
+    """The upsampler's input size: explicit, else the preset's, kept in proportion to image_size."""
+    if flags.get("small_size"):
+        return int(flags["small_size"])
+    size = int(unet_flags["image_size"])
+    if preset is None:
+        return max(1, size // 4)
+    reference = ADM_PRESETS[preset]["diffusion"]
+    return max(1, reference["small_size"] * size // reference["image_size"])
+
+
+# --------------------------------------------------------------------------- two-stage sampling
+
+
+def sample_imagenet256(
+    base: LoadedModel,
+    upsampler: LoadedModel,
+    n: int,
+    guidance: MinorityGuidance | None,
+    steps: int = 250,
+    generator: torch.Generator | None = None,
+    class_labels: Tensor | None = None,
+    upsampler_steps: int | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Guided 64 px samples from `base`, then `upsampler` (unguided) conditioned on them.
+
+    Labels, drawn uniformly from `generator` unless given, condition both stages. The 64 px
+    samples are clipped and rounded to 8 bits before upsampling, as guided-diffusion's
+    super_res_sample reads them from saved images. Returns [n, 3, H, W] at the upsampler's size.
+    """
+    sr = upsampler.model
+    if not isinstance(sr, ADMSuperResModel):
+        raise ValueError(f"{upsampler.spec} is not an ADM upsampler: load it with preset imagenet64to256")
+    if base.shape[1:] != (sr.small_size, sr.small_size):
+        raise ValueError(f"the upsampler takes {sr.small_size} px inputs but {base.spec} makes {base.shape[1]} px samples")
+    labels = _class_labels(base, upsampler, n, generator, class_labels)
+    low = ancestral_sample(base.model, base.schedule, (n, *base.shape), guidance=guidance, steps=steps,
+                           generator=generator, progress=progress, class_labels=labels)
+    with sr.conditioned_on(_as_8bit(low)):
+        return ancestral_sample(sr, upsampler.schedule, (n, *upsampler.shape), guidance=None,
+                                steps=upsampler_steps or steps, generator=generator, progress=progress, class_labels=labels)
+
+
+def _class_labels(base: LoadedModel, upsampler: LoadedModel, n: int, generator: torch.Generator | None, given: Tensor | None) -> Tensor | None:
+    """The labels both stages share: given ones, else uniform draws from `generator`."""
+    if base.num_classes != upsampler.num_classes:
+        raise ValueError(f"the base model has {base.num_classes} classes but the upsampler {upsampler.num_classes}")
+    if base.num_classes is None:
+        if given is not None:
+            raise ValueError("class_labels given but the models are unconditional")
+        return None
+    if given is None:
+        return draw_class_labels(base.num_classes, n, generator)
+    given = torch.as_tensor(given, dtype=torch.long)
+    if given.shape != (n,) or given.min() < 0 or given.max() >= base.num_classes:
+        raise ValueError(f"class_labels must be {n} integers in [0, {base.num_classes})")
+    return given
+
+
+def draw_class_labels(num_classes: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n labels uniform over the classes, drawn from `generator` (on its device) so a seed fixes them."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.randint(num_classes, (n,), generator=generator, device=device)
+
+
+def _as_8bit(x: Tensor) -> Tensor:
+    """[-1, 1] images rounded to the 256 levels a saved PNG holds."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1

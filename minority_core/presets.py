@@ -1,0 +1,55 @@
+"""Per-model defaults for sampling, guidance and scoring.
+
+w is not portable across data dimensions or normalisations (DESIGN §7), so every model family
+carries its own tuned defaults; the generic ones are the reference code's.
+"""
+
+from __future__ import annotations
+
+GENERIC = dict(
+    steps=250, guidance_scale=0.4, perturb_ratio=0.8, every=5, stop_ratio=-1.0,
+    scale_type="var", distance="l2", mc_samples=1, extractor="inception-pool3",
+)
+
+# Tuned on the bundled digits model (README, "Demo numbers"): the trade-off between rare-class
+# share / AvgkNN and classifier confidence, measured with benchmarks/tune_demo.py.
+DIGITS = dict(GENERIC, steps=100, guidance_scale=0.4, extractor="demo-classifier")
+
+PRESETS = {"bundled:digits": DIGITS}
+
+
+def defaults_for(spec: str) -> dict:
+    """The sampling defaults that apply to a model spec (generic ones for unknown models)."""
+    return dict(PRESETS.get(spec, GENERIC))
+
+
+def sampler_config_for(
+    spec: str,
+    *,
+    guidance_scale: float | None = None,
+    perturb_ratio: float | None = None,
+    every: int | None = None,
+    stop_ratio: float | None = None,
+    scale_type: str | None = None,
+    distance: str | None = None,
+    mc_samples: int | None = None,
+    steps: int | None = None,
+    sampler: str = "ancestral",
+    eta: float = 0.0,
+    batch_size: int = 256,
+):
+    """A validated SamplerConfig: given values win, the model's preset fills the rest; w = 0 is standard sampling."""
+    from .generate import SamplerConfig
+    from .guidance import MinorityGuidance
+
+    d = defaults_for(spec)
+    given = dict(guidance_scale=guidance_scale, perturb_ratio=perturb_ratio, every=every, stop_ratio=stop_ratio,
+                 scale_type=scale_type, distance=distance, mc_samples=mc_samples, steps=steps)
+    v = {k: d[k] if value is None else value for k, value in given.items()}
+    guidance = None
+    if v["guidance_scale"] != 0:
+        guidance = MinorityGuidance(
+            scale=float(v["guidance_scale"]), perturb_ratio=float(v["perturb_ratio"]), every=v["every"],
+            stop_ratio=float(v["stop_ratio"]), scale_type=v["scale_type"], distance=v["distance"], mc_samples=v["mc_samples"],
+        )
+    return SamplerConfig(sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size)

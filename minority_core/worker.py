@@ -1,0 +1,78 @@
+"""A shard worker: loads the model once, then generates, labels, featurises and writes shards.
+
+Plain Python, so it runs as a Ray actor (the pipeline wraps it with `ray.remote`), in-process,
+or in a test. Images never leave the worker: it writes its shards to storage itself and returns
+only the small shard records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .generate import SamplerConfig, generate
+from .images import to_uint8_nhwc
+from .labeling import label_samples
+from .models import load_model
+from .shards import ShardRecord, ShardStore, features_table, sample_id, samples_table
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    index: int
+    samples: ShardRecord
+    features: ShardRecord | None
+    seconds: float
+    pid: int
+
+
+class ShardWorker:
+    def __init__(
+        self,
+        model_spec: str,
+        sampler_config: dict,
+        store_url: str,
+        storage_options: dict | None = None,
+        device: str = "cpu",
+        extractor: str | None = None,
+        model_options: dict | None = None,
+        arm: str = "guided",
+    ) -> None:
+        from .guidance import MinorityGuidance
+
+        guidance = sampler_config.get("guidance")
+        self.config = SamplerConfig(**{**sampler_config, "guidance": MinorityGuidance(**guidance) if guidance else None})
+        self.device = device
+        self.loaded = load_model(model_spec, device, **(model_options or {}))
+        self.store = ShardStore(store_url, storage_options)
+        self.extractor = None
+        if extractor:
+            from .features import get_extractor
+
+            self.extractor = get_extractor(extractor, device=device)
+        self.arm = arm
+
+    def generate_shard(self, index: int, rows: int, seed: int) -> ShardResult:
+        """Generate shard `index` (`rows` samples from `seed`), write samples (+ features), return records."""
+        import os
+
+        start = time.monotonic()
+        images, class_labels = generate(self.loaded, rows, self.config, seed, self.device)
+        labels = class_labels.numpy() if class_labels is not None else label_samples(self.loaded.spec, images)
+        scale = 0.0 if self.config.guidance is None else self.config.guidance.scale
+        table = samples_table(to_uint8_nhwc(images), index, seed, labels=labels, guidance=scale, arm=self.arm)
+        features_record = None
+        if self.extractor is not None:
+            with torch.no_grad():
+                feats = self.extractor(images)
+            ids = [sample_id(index, row) for row in range(rows)]
+            features_record = self.store.write_shard(f"features/{self.extractor.name}", index, features_table(ids, feats))
+        samples_record = self.store.write_shard("samples", index, table)
+        return ShardResult(index, samples_record, features_record, time.monotonic() - start, os.getpid())
+
+    def ping(self) -> int:
+        import os
+
+        return os.getpid()

@@ -1,0 +1,109 @@
+"""Prefect tasks of a synthesis run: thin wrappers over minority_core and the actor pool."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from prefect import get_run_logger, task
+from prefect.artifacts import update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from minority_core import __version__
+from minority_core.generate import shard_seed
+from minority_core.shards import Manifest, ShardStore, config_hash
+
+SAMPLES = "samples"
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    index: int
+    rows: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    pending: list[ShardSpec]
+    total: int
+    manifest: Manifest
+
+
+def open_store(config) -> ShardStore:
+    return ShardStore(config.out, config.full_storage_options())
+
+
+@task(name="plan-shards", cache_policy=NO_CACHE, persist_result=False)
+def plan_shards(config) -> Plan:
+    """Split the run into shards, check the output location, and find what is already committed.
+
+    A committed shard is skipped only if its bytes still match the manifest's sha256; one that is
+    missing or corrupt is planned again. A different config in the same place is refused unless
+    `overwrite`, which clears the old run first.
+    """
+    logger = get_run_logger()
+    store = open_store(config)
+    store.check_writable()
+    identity = config.output_identity()
+    manifest = store.read_manifest()
+    if manifest is not None and manifest.config_hash != config_hash(identity):
+        if not config.overwrite:
+            changed = sorted(k for k in identity if manifest.config.get(k) != identity[k])
+            raise ValueError(f"{config.out} holds a run with a different config (differs in: {', '.join(changed)}); use another --out or pass --overwrite")
+        logger.warning("overwrite: removing the previous run at %s", config.out)
+        store.clear()
+        manifest = None
+    if manifest is None:  # written at the first commit, so a run that fails before it leaves nothing
+        manifest = Manifest(config=identity, code_version=__version__)
+    extractor_kind = f"features/{identity['extractor']}"
+    specs = [
+        ShardSpec(k, min(config.shard_size, config.num_samples - k * config.shard_size), shard_seed(config.seed, k))
+        for k in range(-(-config.num_samples // config.shard_size))
+    ]
+    pending = []
+    for spec in specs:
+        records = [r for r in manifest.records(SAMPLES) + manifest.records(extractor_kind) if r.index == spec.index]
+        if len(records) == 2 and all(store.verify(r) for r in records):
+            continue
+        if records:
+            logger.warning("shard %05d is missing or corrupt on storage: regenerating it", spec.index)
+            for r in records:
+                manifest.discard(r.kind, r.index)
+        pending.append(spec)
+    logger.info("%d shards planned, %d already committed, %d to generate", len(specs), len(specs) - len(pending), len(pending))
+    return Plan(pending, len(specs), manifest)
+
+
+class ManifestCommitter:
+    """Adds finished shards to the manifest and writes it atomically; one writer (the driver)."""
+
+    def __init__(self, store: ShardStore, manifest: Manifest, total: int, progress_id=None) -> None:
+        self.store, self.manifest, self.total, self.progress_id = store, manifest, total, progress_id
+        self.lock = threading.Lock()
+
+    def committed_count(self) -> int:
+        return len(self.manifest.committed(SAMPLES))
+
+    def commit(self, result) -> int:
+        with self.lock:
+            for record in (result.features, result.samples):
+                if record is not None:
+                    self.manifest.add(record)
+            self.store.write_manifest(self.manifest)
+            done = self.committed_count()
+        if self.progress_id is not None:
+            update_progress_artifact(self.progress_id, 100.0 * done / self.total)
+        return done
+
+
+@task(name="generate-shard", task_run_name="shard-{spec.index:05d}", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False)
+def generate_shard(pool, spec: ShardSpec, committer: ManifestCommitter):
+    """Generate one shard on an idle actor (which writes it), then commit it to the manifest."""
+    from flows.ray_pool import call
+
+    with pool.borrow() as actor:
+        result = call(actor, "generate_shard", spec.index, spec.rows, spec.seed)
+    done = committer.commit(result)
+    get_run_logger().info("shard %05d: %d rows in %.1f s (%d/%d committed)", spec.index, spec.rows, result.seconds, done, committer.total)
+    return result

@@ -1,0 +1,224 @@
+"""adm: specs end to end with small random ADMs: load (pt, safetensors), guided sampling on the
+learned-variance path, class labels, the two-stage 64→256 sampler, one-line errors; and the doctor.
+
+Sampling runs on reduced models (image_size 16/64, channel_mult 1,2, one res block per level):
+the full-structure 64 px model costs ~0.4 s per forward on this CPU, and a 256 px upsampler
+~1.5 s, which several guided steps would multiply past the suite's budget. The two-stage test
+therefore keeps the 4× ratio of 64→256 at 16→64 (the upsampler's small_size follows image_size).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from minority_core import doctor
+from minority_core.diffusion import NoiseSchedule
+from minority_core.guidance import MinorityGuidance
+from minority_core.models import load_model
+from minority_core.models.adm import build_adm
+from minority_core.models.adm_loader import PAPER_GUIDANCE, ADMSuperResModel, paper_guidance, sample_imagenet256
+from minority_core.sampling import ancestral_sample
+
+# Same module structure as the presets, reduced width (head width follows width: no parameter).
+FULL_STRUCTURE = dict(num_channels=32, num_head_channels=32)
+TINY = dict(num_channels=32, num_head_channels=32, image_size=16, channel_mult="1,2", num_res_blocks=1, attention_resolutions="8")
+TINY_SR = dict(num_channels=32, image_size=64, channel_mult="1,2", num_res_blocks=1, attention_resolutions="16")
+GUIDED = MinorityGuidance(scale=0.4, every=2, distance="l2")  # LPIPS needs weights this machine may lack
+
+
+def save_random(path, preset: str, fmt: str = "pt", seed: int = 0, **flags) -> str:
+    """A random-weight checkpoint (every weight drawn: ADM's zeroed output convs would give ε ≡ 0)."""
+    torch.manual_seed(seed)
+    net = build_adm(preset, **(flags | {"use_fp16": False}))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.02)
+    state = net.state_dict()
+    if fmt == "pt":
+        torch.save(state, path)
+    else:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("adm")
+    return {
+        "celeba_tiny": save_random(folder / "celeba_tiny.pt", "celeba64", **TINY),
+        "imagenet_tiny": save_random(folder / "imagenet_tiny.safetensors", "imagenet64", "safetensors", seed=1, **TINY),
+        "upsampler_tiny": save_random(folder / "upsampler_tiny.pt", "imagenet64to256", seed=2, **TINY_SR),
+    }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+def test_load_full_structure_checkpoint(fmt: str, tmp_path) -> None:
+    path = save_random(tmp_path / f"celeba.{fmt}", "celeba64", fmt, **FULL_STRUCTURE)
+    loaded = load_model("adm:" + path, preset="celeba64", **FULL_STRUCTURE)
+    expected = torch.load(path, weights_only=True) if fmt == "pt" else load_file(path)
+    state = loaded.model.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], v) for k, v in expected.items())
+    assert loaded.shape == (3, 64, 64) and loaded.num_classes is None and loaded.spec == "adm:" + path
+    np.testing.assert_allclose(loaded.schedule.betas, NoiseSchedule.cosine(1000).betas)
+    assert not loaded.model.training
+    assert all(not p.requires_grad and p.dtype == torch.float32 for p in loaded.model.parameters())  # no fp16 on CPU
+
+
+def test_guided_sampling_learned_variance(ckpts) -> None:
+    loaded = load_model("adm:" + ckpts["celeba_tiny"], preset="celeba64", **TINY)
+    x = torch.zeros(2, *loaded.shape)
+    assert loaded.model(x, torch.tensor([10, 500])).shape == (2, 6, 16, 16)  # ε and v: learned Σ
+
+    def run(guidance):
+        return ancestral_sample(loaded.model, loaded.schedule, (2, *loaded.shape), guidance=guidance, steps=4,
+                                generator=torch.Generator().manual_seed(0))
+
+    guided = run(GUIDED)
+    assert guided.shape == (2, 3, 16, 16) and torch.isfinite(guided).all()
+    assert torch.equal(guided, run(GUIDED))
+    assert not torch.allclose(guided, run(None))
+
+
+def test_class_conditional_labels(ckpts) -> None:
+    loaded = load_model("adm:" + ckpts["imagenet_tiny"], preset="imagenet64", **TINY)
+    assert loaded.num_classes == 1000
+    np.testing.assert_allclose(loaded.schedule.betas, NoiseSchedule.cosine(1000).betas)
+    x, t = torch.randn(2, *loaded.shape), torch.tensor([300, 300])
+    assert not torch.allclose(loaded.model(x, t, y=torch.tensor([1, 1])), loaded.model(x, t, y=torch.tensor([2, 2])))
+    out = ancestral_sample(loaded.model, loaded.schedule, (2, *loaded.shape), guidance=GUIDED, steps=3,
+                           generator=torch.Generator().manual_seed(0), class_labels=torch.tensor([3, 999]))
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def test_two_stage_imagenet256(ckpts) -> None:
+    base = load_model("adm:" + ckpts["imagenet_tiny"], preset="imagenet64", **TINY)
+    up = load_model("adm:" + ckpts["upsampler_tiny"], preset="imagenet64to256", **TINY_SR)
+    assert isinstance(up.model, ADMSuperResModel) and up.model.small_size == 16 and up.shape == (3, 64, 64)
+    np.testing.assert_allclose(up.schedule.betas, NoiseSchedule.linear(1000).betas)
+
+    def run(seed: int, labels=None):
+        return sample_imagenet256(base, up, 2, GUIDED, steps=3, generator=torch.Generator().manual_seed(seed), class_labels=labels)
+
+    out = run(0)
+    assert out.shape == (2, 3, 64, 64) and torch.isfinite(out).all()
+    assert torch.equal(out, run(0))  # labels and both stages' noise come from the one generator
+    assert torch.isfinite(run(1, torch.tensor([5, 6]))).all()
+    assert up.model.low_res is None  # the conditioning lasts only for the second stage
+    with pytest.raises(ValueError, match="low-res"):
+        up.model(torch.zeros(1, 3, 64, 64), torch.tensor([1]), y=torch.tensor([0]))
+    with pytest.raises(ValueError, match="upsampler"):
+        sample_imagenet256(base, base, 1, None, steps=2)
+    with pytest.raises(ValueError, match="class_labels"):
+        run(0, torch.tensor([5, 1000]))
+
+
+def test_explicit_flags_without_preset(ckpts) -> None:
+    flags = TINY | dict(noise_schedule="linear", learn_sigma=True, resblock_updown=True, use_new_attention_order=True)
+    loaded = load_model("adm:" + ckpts["celeba_tiny"], **flags)
+    assert loaded.shape == (3, 16, 16)
+    np.testing.assert_allclose(loaded.schedule.betas, NoiseSchedule.linear(1000).betas)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_wrong_preset_is_one_line_error(ckpts) -> None:
+    with pytest.raises(ValueError, match="num_classes") as err:
+        load_model("adm:" + ckpts["celeba_tiny"], preset="imagenet64", **TINY)
+    assert ckpts["celeba_tiny"] in one_line(err)
+
+
+def test_missing_file_names_path(tmp_path) -> None:
+    path = str(tmp_path / "nope.pt")
+    with pytest.raises(FileNotFoundError) as err:
+        load_model("adm:" + path, preset="celeba64")
+    assert path in one_line(err)
+
+
+def test_unreadable_file_is_one_line_error(tmp_path) -> None:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="junk.pt: not a readable") as err:
+        load_model(f"adm:{path}", preset="celeba64", **TINY)
+    one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("options", "expect"),
+    [
+        ({}, "preset.*missing: image_size, num_channels"),
+        ({"image_size": 16}, "missing: num_channels"),
+        ({"preset": "celeba128"}, "unknown ADM preset 'celeba128'.*celeba64"),
+        ({"preset": "celeba64", "num_chanels": 32}, "num_chanels.*valid:.*num_channels"),
+        ({"preset": "celeba64", "noise_schedule": "quadratic"}, "noise_schedule 'quadratic'"),
+    ],
+)
+def test_bad_options_are_clear(ckpts, options, expect) -> None:
+    with pytest.raises(ValueError, match=expect) as err:
+        load_model("adm:" + ckpts["celeba_tiny"], **(TINY if options.get("preset") == "celeba64" else {}) | options)
+    one_line(err)
+
+
+def test_paper_guidance_defaults() -> None:
+    guidance, steps = paper_guidance("celeba64")
+    assert guidance == MinorityGuidance(scale=0.4, perturb_ratio=0.8, every=5, scale_type="var", distance="lpips") and steps == 250
+    assert paper_guidance("lsun256") == (guidance, 250)
+    assert paper_guidance("imagenet64")[0] == MinorityGuidance(scale=0.2, every=2, distance="lpips")
+    assert paper_guidance("imagenet64to256")[0] == paper_guidance("imagenet64")[0]
+    assert PAPER_GUIDANCE["imagenet64to256"]["upsampler_guidance"] is None
+    assert paper_guidance("imagenet64", distance="l2")[0].distance == "l2"
+
+
+# --------------------------------------------------------------------------- doctor
+
+
+def test_doctor_flags_presence(tmp_path, monkeypatch) -> None:
+    torch_home, models, bundled = tmp_path / "torch", tmp_path / "models", tmp_path / "bundled"
+    for folder in (torch_home / "hub" / "checkpoints", models, bundled / "digits" / "unet", bundled / "digits" / "scheduler"):
+        folder.mkdir(parents=True)
+    (torch_home / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth").write_bytes(b"x")
+    (models / "celeba64.pt").write_bytes(b"x")
+    (models / "64x64_diffusion.pt").write_bytes(b"x")
+    (bundled / "digits" / "unet" / "config.json").write_text("{}")  # weights missing: not present
+    (bundled / "digits" / "classifier.safetensors").write_bytes(b"x")
+    inception = tmp_path / "inception.pth"
+    inception.write_bytes(b"x")
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setenv("MINORITY_MODELS_DIR", str(models))
+    monkeypatch.setenv("MINORITY_LPIPS_HEADS", str(tmp_path / "absent-alex.pth"))
+    monkeypatch.setenv("MINORITY_INCEPTION_WEIGHTS", str(inception))
+    monkeypatch.setattr(doctor, "BUNDLED_DIR", bundled)
+
+    checks = {c.name: c for c in doctor.doctor_report()}
+    present = {name for name, c in checks.items() if c.present}
+    assert {"LPIPS AlexNet backbone", "Inception-V3 (FID)", "ADM celeba64", "ADM imagenet64", "bundled digit classifier"} <= present
+    assert not present & {"LPIPS linear heads", "ADM lsun256", "ADM imagenet64to256", "bundled demo model"}
+    assert checks["torch CUDA"].present == torch.cuda.is_available()
+    assert "FAISS GPUs" in checks
+    assert str(inception) in checks["Inception-V3 (FID)"].looks_for
+    assert str(models / "lsun_bedroom.pt") in checks["ADM lsun256"].looks_for
+    assert "--preset celeba64" in checks["ADM celeba64"].unlocks
+    assert "--distance lpips" in checks["LPIPS linear heads"].unlocks
+    assert "inception-pool3" in checks["Inception-V3 (FID)"].unlocks
+    assert "missing unet/diffusion_pytorch_model.safetensors" in checks["bundled demo model"].detail
+
+    monkeypatch.delenv("MINORITY_INCEPTION_WEIGHTS")  # falls back to the torch hub cache
+    assert not {c.name: c for c in doctor.doctor_report()}["Inception-V3 (FID)"].present
+    (torch_home / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")
+    assert {c.name: c for c in doctor.doctor_report()}["Inception-V3 (FID)"].present
+
+    table = doctor.format_report(list(checks.values())).splitlines()
+    assert len(table) == len(checks) + 3  # header, rule, rows, summary
+    assert all(any(name in line for line in table) for name in checks)
+    assert table[-1] == f"{len(present)} of {len(checks)} present"
