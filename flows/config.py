@@ -39,6 +39,7 @@ class SynthesisConfig(BaseModel):
     batch_size: int = Field(default=256, gt=0)
     seed: int = Field(default=0, ge=0)
     extractor: str | None = None
+    reference: str | None = None  # a reference set (build_reference's output): score after generating
     # execution (not part of what the output depends on)
     workers: int = Field(default=2, ge=0, le=256)
     ray_address: str | None = None
@@ -57,13 +58,7 @@ class SynthesisConfig(BaseModel):
     @field_validator("storage_options")
     @classmethod
     def _no_secrets(cls, value: dict) -> dict:
-        secret = sorted(k for k in value if SECRET_KEY.search(str(k)))
-        if secret:
-            raise ValueError(
-                f"storage option(s) {secret} look like credentials: pass them through the environment "
-                f"(e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or {STORAGE_OPTIONS_ENV}, never as flow parameters"
-            )
-        return value
+        return check_no_secrets(value)
 
     @model_validator(mode="after")
     def _sampler_valid(self) -> "SynthesisConfig":
@@ -97,8 +92,27 @@ class SynthesisConfig(BaseModel):
         }
 
     def full_storage_options(self) -> dict:
-        """Flow-parameter options merged with credentials from the environment (never stored)."""
-        import json
+        return resolve_storage_options(self.storage_options)
 
-        secret = json.loads(os.environ.get(STORAGE_OPTIONS_ENV, "{}") or "{}")
-        return {**self.storage_options, **secret}
+
+def check_no_secrets(options: dict | None) -> dict:
+    """Flow parameters are stored by Prefect in plain text: refuse anything that looks like a credential."""
+    options = dict(options or {})
+    secret = sorted(k for k in options if SECRET_KEY.search(str(k)))
+    if secret:
+        raise ValueError(
+            f"storage option(s) {secret} look like credentials: pass them through the environment "
+            f"(e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or {STORAGE_OPTIONS_ENV}, never as flow parameters"
+        )
+    return options
+
+
+def resolve_storage_options(plain: dict | None) -> dict:
+    """Flow-parameter options merged with credentials from the environment (never stored by Prefect)."""
+    import json
+
+    secret = json.loads(os.environ.get(STORAGE_OPTIONS_ENV, "{}") or "{}")
+    merged = {**check_no_secrets(plain), **secret}
+    if "client_kwargs" in (plain or {}) and "client_kwargs" in secret:
+        merged["client_kwargs"] = {**plain["client_kwargs"], **secret["client_kwargs"]}
+    return merged

@@ -71,7 +71,12 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         finally:
             bar.close()
             pool.shutdown()
+    if config.reference:
+        from flows.scoring import score
+
+        score(config.out, config.reference, storage_options=config.storage_options)
     seconds = time.monotonic() - start
+    generated = sum(r.samples.rows for r in results)
     summary = {
         "out": config.out,
         "arm": config.arm,
@@ -81,6 +86,7 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         "generated_shards": len(results),
         "skipped_shards": plan.total - len(results),
         "seconds": round(seconds, 2),
+        "seconds_per_sample": sum(r.seconds for r in results) / generated if generated else None,
         "manifest": store.url_of("manifest.json"),
     }
     create_markdown_artifact(_summary_markdown(config, summary), key=f"synthesis-summary-{config.arm}", description="synthesis run summary")

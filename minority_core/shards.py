@@ -272,6 +272,29 @@ def features_table(sample_ids: Sequence[str], features: np.ndarray) -> pa.Table:
     return pa.Table.from_arrays([pa.array(ids, pa.string()), column], schema=FEATURES_SCHEMA(dim))
 
 
+SCORE_COLUMNS = ("avgknn", "lof", "rarity")
+
+
+def scores_table(sample_ids: Sequence[str], scores: dict[str, np.ndarray]) -> pa.Table:
+    """A scores shard: sample_id, avgknn, lof, rarity (NaN = out of support), in_support."""
+    ids = [str(s) for s in sample_ids]
+    columns = {"sample_id": pa.array(ids, pa.string())}
+    for name in SCORE_COLUMNS:
+        values = np.asarray(scores[name], dtype=np.float64)
+        if values.shape != (len(ids),):
+            raise ValueError(f"score {name!r} has shape {values.shape}, expected ({len(ids)},)")
+        columns[name] = pa.array(values, pa.float64())
+    columns["in_support"] = pa.array(np.asarray(scores["in_support"], dtype=bool))
+    return pa.table(columns)
+
+
+def features_matrix(table: pa.Table) -> np.ndarray:
+    """The feature column of a features shard as a float32 [N, dim] array (no copy per row)."""
+    column = table.column("feature").combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32, copy=False)
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     """Serialize to Parquet in memory (zstd, row groups sized for images) so the hash is of what we store."""
     rows = table.num_rows

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
+
+# Settings this machine class needs, before prefect/ray/faiss are imported (README, "Facts").
+for _key, _value in {
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "RAY_AUTH_MODE": "disabled",
+}.items():
+    os.environ.setdefault(_key, _value)
 
 
 
@@ -135,13 +145,9 @@ def normalise_out(out: str) -> str:
 @friendly_errors
 def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_address, storage_option, overwrite, seed, device, preset, model_spec, **sampler):
     """Run the synthesis flow (Prefect + Ray + Parquet shards); rerunning the same command resumes."""
-    import os
+    from flows.config import SynthesisConfig
 
-    from flows.config import STORAGE_OPTIONS_ENV, SynthesisConfig
-
-    plain, secret = parse_storage_options(storage_option)
-    if secret:
-        os.environ[STORAGE_OPTIONS_ENV] = json.dumps(secret)
+    plain = _storage(storage_option)
     config = SynthesisConfig(
         model=model_spec, preset=preset, num_samples=num_samples, shard_size=shard_size, out=normalise_out(out), arm=arm,
         extractor=extractor, workers=workers, ray_address=ray_address, device=device, overwrite=overwrite, seed=seed,
@@ -150,6 +156,111 @@ def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_addres
     from flows.synthesize import synthesize as flow
 
     click.echo(json.dumps(flow(config, progress=True), indent=2))
+
+
+@main.command()
+@click.option("--out", default="runs/demo", show_default=True, help="output folder or URL")
+@click.option("--num-samples", type=int, default=512, show_default=True, help="per arm")
+@click.option("--shard-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--guidance-scale", type=float, default=None, help="default: the bundled model's tuned w")
+@click.option("--steps", type=int, default=None)
+@friendly_errors
+def demo(out, num_samples, shard_size, workers, seed, guidance_scale, steps):
+    """The embedded default: bundled digits, standard vs minority-guided, scored, with an HTML report."""
+    from flows.demo import demo as flow
+
+    result = flow(normalise_out(out), num_samples=num_samples, shard_size=shard_size, workers=workers, seed=seed, guidance_scale=guidance_scale, steps=steps)
+    rows = {row["arm"] if "arm" in row else row.get("name"): row for row in result["table"]}
+    click.echo("")
+    click.echo(f"report: {result['report']}")
+    for name, row in rows.items():
+        fields = ", ".join(f"{k} {_fmt(row.get(k))}" for k in ("rare_share", "avgknn_mean", "lof_mean", "confident_share", "precision", "recall") if k in row)
+        click.echo(f"  {name}: {fields}")
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@main.command("build-reference")
+@click.option("--source", default="bundled:digits", show_default=True, help="bundled:digits, an image folder, or Parquet with an image column")
+@click.option("--reference", required=True, help="where to write the reference set (folder or URL)")
+@click.option("--extractor", default="demo-classifier", show_default=True)
+@click.option("--index", type=click.Choice(["auto", "exact", "ivf", "hnsw"]), default="auto", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--storage-option", "storage_option", multiple=True)
+@friendly_errors
+def build_reference_cmd(source, reference, extractor, index, device, storage_option):
+    """Features of real data + precomputed kNN radii and LOF densities, saved once."""
+    from flows.scoring import build_reference
+
+    plain = _storage(storage_option)
+    click.echo(json.dumps(build_reference(source, normalise_out(reference), extractor=extractor, index=index, device=device, storage_options=plain), indent=2))
+
+
+@main.command("score")
+@click.option("--run", "run_url", required=True, help="a synthesize output (folder or URL)")
+@click.option("--reference", required=True)
+@click.option("--k", "k_avg", type=int, default=5, show_default=True, help="k of AvgkNN")
+@click.option("--storage-option", "storage_option", multiple=True)
+@friendly_errors
+def score_cmd(run_url, reference, k_avg, storage_option):
+    """AvgkNN, LOF and Rarity of every sample of a run (resumes: scored shards are skipped)."""
+    from flows.scoring import score
+
+    click.echo(json.dumps(score(normalise_out(run_url), normalise_out(reference), k_avg=k_avg, storage_options=_storage(storage_option)), indent=2))
+
+
+@main.command("filter")
+@click.option("--run", "run_url", required=True)
+@click.option("--metric", type=click.Choice(["avgknn", "lof", "rarity"]), default="avgknn", show_default=True)
+@click.option("--top-q", type=float, default=None, help="keep this fraction of the rarest samples")
+@click.option("--threshold", type=float, default=None, help="keep samples whose metric exceeds this")
+@click.option("--name", default=None, help="selection name (default from the rule)")
+@click.option("--storage-option", "storage_option", multiple=True)
+@friendly_errors
+def filter_cmd(run_url, metric, top_q, threshold, name, storage_option):
+    """Select the rarest samples: writes selections/<name>/shard-00000.parquet (ids + score)."""
+    from flows.scoring import filter_samples
+
+    if top_q is None and threshold is None:
+        top_q = 0.1
+    click.echo(json.dumps(filter_samples(normalise_out(run_url), metric=metric, top_q=top_q, threshold=threshold, name=name, storage_options=_storage(storage_option)), indent=2))
+
+
+@main.command("report")
+@click.option("--run", "runs", multiple=True, required=True, help="a scored run (repeat for each arm)")
+@click.option("--reference", required=True)
+@click.option("--out", required=True, help="where report/index.html goes")
+@click.option("--title", default="minority-synth report", show_default=True)
+@click.option("--storage-option", "storage_option", multiple=True)
+@friendly_errors
+def report_cmd(runs, reference, out, title, storage_option):
+    """One self-contained HTML report comparing runs, plus Prefect artifacts."""
+    from flows.scoring import report
+
+    result = report([normalise_out(r) for r in runs], normalise_out(reference), normalise_out(out), title=title, storage_options=_storage(storage_option))
+    click.echo(result["report"])
+
+
+@main.command()
+def doctor():
+    """Which weights are present (AlexNet, Inception, ADM, bundled) and what each unlocks."""
+    from minority_core.doctor import doctor_report, format_report
+
+    click.echo(format_report(doctor_report()))
+
+
+def _storage(pairs: tuple[str, ...]) -> dict:
+    """Plain options for flow parameters; credentials go to the environment for this process only."""
+    from flows.config import STORAGE_OPTIONS_ENV
+
+    plain, secret = parse_storage_options(pairs)
+    if secret:
+        os.environ[STORAGE_OPTIONS_ENV] = json.dumps(secret)
+    return plain
 
 
 @main.command("train-demo")
