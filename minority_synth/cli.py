@@ -33,13 +33,23 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
-            raise CliError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise CliError(one_line(exc)) from None
         except Exception as exc:
             if type(exc).__name__ in ("StorageError", "CorruptShardError", "NonFiniteSampleError"):
                 raise CliError(str(exc).splitlines()[0]) from None
             raise
 
     return wrapper
+
+
+def one_line(exc: BaseException) -> str:
+    """One line for any validation error; pydantic's multi-line report becomes `field: reason; …`."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        parts = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in errors()]
+        return "invalid config: " + "; ".join(parts)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sampler_options(fn):

@@ -1,0 +1,59 @@
+"""The command line as a user runs it: a subprocess, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+CLI = [str(Path(sys.executable).with_name("minority-synth"))]
+
+
+def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def test_sample_writes_grid_and_parquet(tiny_diffusers_model, tmp_path):
+    out = tmp_path / "s"
+    proc = run_cli("sample", "--model", f"diffusers:{tiny_diffusers_model}", "--num-samples", "9", "--steps", "5", "--guidance-scale", "1.0", "--every", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["samples"] == 9
+    table = pq.read_table(out / "samples" / "shard-00000.parquet")
+    assert table.num_rows == 9 and table.column("guidance")[0].as_py() == pytest.approx(1.0)
+    assert Image.open(out / "grid.png").size[0] > 8
+
+
+def test_help_lists_every_command():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for command in ("sample", "synthesize", "demo", "train-demo", "build-reference", "score", "filter", "report", "doctor"):
+        assert command in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sample", "--model", "nonsense:x", "--out", "{tmp}/a"], "unknown model spec"),
+        (["sample", "--model", "bundled:cats", "--out", "{tmp}/a"], "unknown bundled model"),
+        (["sample", "--model", "diffusers:{tmp}/missing", "--out", "{tmp}/a"], "neither an existing folder nor a hub id"),
+        (["sample", "--every", "0", "--out", "{tmp}/a"], "every must be an integer ≥ 1"),
+        (["sample", "--perturb-ratio", "1.5", "--out", "{tmp}/a"], "perturb_ratio must be in (0, 1]"),
+        (["sample", "--guidance-scale", "-2", "--out", "{tmp}/a"], "scale must be a finite number ≥ 0"),
+        (["sample", "--steps", "1", "--out", "{tmp}/a"], "steps must be"),
+        (["synthesize", "--num-samples", "4", "--shard-size", "0", "--out", "{tmp}/a"], "shard_size"),
+        (["synthesize", "--num-samples", "4", "--out", "{tmp}/a", "--storage-option", "novalue"], "--storage-option must be key=value"),
+        (["filter", "--run", "{tmp}/none"], "no run at"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    proc = run_cli(*[a.format(tmp=tmp_path) for a in args])
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "a" / "samples").exists()
