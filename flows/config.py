@@ -39,7 +39,8 @@ class SynthesisConfig(BaseModel):
     batch_size: int = Field(default=256, gt=0)
     seed: int = Field(default=0, ge=0)
     extractor: str | None = None
-    reference: str | None = None  # a reference set (build_reference's output): score after generating
+    reference: str | None = None  # a reference set (build_reference's output): score + report after generating
+    reference_source: str | None = None  # real data to build `reference` from when it does not exist yet
     # execution (not part of what the output depends on)
     workers: int = Field(default=2, ge=0, le=256)
     ray_address: str | None = None

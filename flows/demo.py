@@ -6,13 +6,11 @@ local Ray and a local folder; no server is started by hand. Rerunning resumes.
 
 from __future__ import annotations
 
-import fsspec
 from prefect import flow, get_run_logger
 
 from flows.config import SynthesisConfig
-from flows.scoring import build_reference, report
+from flows.scoring import ensure_reference, report
 from flows.synthesize import synthesize
-from tasks.scoring import reference_url
 
 DEMO_MODEL = "bundled:digits"
 DEMO_EXTRACTOR = "demo-classifier"
@@ -24,9 +22,7 @@ def demo(out: str, num_samples: int = 512, shard_size: int = 128, workers: int =
     logger = get_run_logger()
     out = out.rstrip("/")
     reference = f"{out}/reference"
-    fs, path = fsspec.core.url_to_fs(f"{reference_url(reference, DEMO_EXTRACTOR)}/index/meta.json")
-    if not fs.exists(path):
-        build_reference("bundled:digits", reference, extractor=DEMO_EXTRACTOR)
+    ensure_reference(reference, DEMO_EXTRACTOR, "bundled:digits", None)
     summaries = {}
     for arm, scale in (("standard", 0.0), ("guided", guidance_scale)):
         config = SynthesisConfig(

@@ -7,6 +7,7 @@ of them can run alone (`minority-synth score|filter|report|build-reference`).
 
 from __future__ import annotations
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 from prefect import flow, get_run_logger
@@ -26,6 +27,17 @@ CONFIDENT = 0.9
 def build_reference(source: str, reference: str, extractor: str = "demo-classifier", k_lof: int = 20, k_rarity: int = 3, index: str = "auto", device: str = "cpu", storage_options: dict | None = None) -> dict:
     """Features of a real dataset (bundled:digits, an image folder, or Parquet with an image column) + its ReferenceSet."""
     return build_reference_set(source, extractor, reference, resolve_storage_options(storage_options), k_lof, k_rarity, index, device)
+
+
+def ensure_reference(reference: str, extractor: str, source: str | None, storage_options: dict | None, device: str = "cpu") -> None:
+    """Build the reference set from `source` if it is not there yet (a reference is built once, then reused)."""
+    options = resolve_storage_options(storage_options)
+    fs, path = fsspec.core.url_to_fs(f"{reference_url(reference, extractor)}/index/meta.json", **options)
+    if fs.exists(path):
+        return
+    if source is None:
+        raise ValueError(f"no reference set at {reference_url(reference, extractor)}: run `minority-synth build-reference` or give reference_source")
+    build_reference(source, reference, extractor=extractor, device=device, storage_options=storage_options)
 
 
 @flow(name="score")

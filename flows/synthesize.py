@@ -71,10 +71,13 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         finally:
             bar.close()
             pool.shutdown()
+    report_url = None
     if config.reference:
-        from flows.scoring import score
+        from flows.scoring import ensure_reference, report, score
 
+        ensure_reference(config.reference, config.resolved_extractor(), config.reference_source, config.storage_options, config.device)
         score(config.out, config.reference, storage_options=config.storage_options)
+        report_url = report([config.out], config.reference, config.out, title=f"minority-synth: {config.arm} ({config.model})", storage_options=config.storage_options)["report"]
     seconds = time.monotonic() - start
     generated = sum(r.samples.rows for r in results)
     summary = {
@@ -88,6 +91,7 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         "seconds": round(seconds, 2),
         "seconds_per_sample": sum(r.seconds for r in results) / generated if generated else None,
         "manifest": store.url_of("manifest.json"),
+        "report": report_url,
     }
     create_markdown_artifact(_summary_markdown(config, summary), key=f"synthesis-summary-{config.arm}", description="synthesis run summary")
     logger.info("synthesis done: %s", summary)
