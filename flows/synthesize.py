@@ -45,7 +45,7 @@ def make_pool(config: SynthesisConfig):
     return ActorPool(worker_kwargs, config.workers, config.ray_address)
 
 
-@flow(name="synthesize", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
+@flow(name="synthesize-run", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
 def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
     """Generate `config.num_samples` samples as Parquet shards under `config.out`; resumable."""
     logger = get_run_logger()

@@ -273,6 +273,123 @@ def _storage(pairs: tuple[str, ...]) -> dict:
     return plain
 
 
+@main.group()
+def datasets():
+    """Dataset entries (deployments/datasets/*.yaml): list, show, validate."""
+
+
+@datasets.command("list")
+def datasets_list():
+    from flows.datasets import DATASETS_DIR, list_datasets
+
+    for name in list_datasets():
+        click.echo(name)
+    click.echo(f"({DATASETS_DIR})", err=True)
+
+
+@datasets.command("show")
+@click.argument("name")
+@friendly_errors
+def datasets_show(name):
+    from flows.datasets import get_dataset
+
+    click.echo(json.dumps(get_dataset(name).model_dump(), indent=2))
+
+
+@datasets.command("validate")
+@click.argument("path", type=click.Path())
+@friendly_errors
+def datasets_validate(path):
+    from flows.datasets import load_dataset_file
+
+    entry = load_dataset_file(path)
+    click.echo(f"ok: {entry.name} ({entry.model}, output {entry.output_url})")
+
+
+def prefect_api_url() -> str:
+    """The configured Prefect server, checked to answer; a clear error otherwise."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise ValueError("no Prefect server configured: start one with `minority-synth server` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ValueError(f"Prefect server at {url} is unreachable ({type(exc).__name__}): start it with `minority-synth server`") from None
+    return url.rstrip("/")
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("--num-samples", type=int, default=None)
+@click.option("--shard-size", type=int, default=None)
+@click.option("--guidance-scale", type=float, default=None)
+@click.option("--steps", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--out", default=None, help="default: the dataset's output/<dataset>-<UTC time>")
+@click.option("--watch", is_flag=True, help="follow the run until it ends; print the report location")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="seconds to watch")
+@friendly_errors
+def trigger(dataset, num_samples, shard_size, guidance_scale, steps, seed, workers, out, watch, timeout):
+    """Run the `synthesize/DATASET` deployment on the Prefect server (see deployments/serve.py)."""
+    import datetime as dt
+    import time
+
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.datasets import get_dataset
+
+    entry = get_dataset(dataset)
+    api = prefect_api_url()
+    out = normalise_out(out) if out else f"{entry.output_url}/{dataset}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    overrides = dict(num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed, workers=workers, out=out)
+    parameters = {"dataset": dataset, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        run = run_deployment(name=f"synthesize/{dataset}", parameters=parameters, timeout=0)
+    except ObjectNotFound:
+        raise ValueError(f"no deployment synthesize/{dataset} on {api}: serve it with `python deployments/serve.py`") from None
+    ui = api[: -len("/api")] if api.endswith("/api") else api
+    click.echo(f"flow run {run.name} ({run.id}): {ui}/runs/flow-run/{run.id}")
+    if not watch:
+        return
+    state, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        current = _read_flow_run(run.id).state
+        if current is not None and current.name != state:
+            state = current.name
+            click.echo(f"  {dt.datetime.now():%H:%M:%S} {state}")
+        if current is not None and current.is_final():
+            if current.is_completed():
+                click.echo(f"report: {out}/report/index.html")
+                return
+            raise click.ClickException(f"run ended {state}: {current.message or 'see the Prefect UI'}")
+        time.sleep(2)
+    raise click.ClickException(f"still {state} after {timeout:.0f} s; follow it at {ui}/runs/flow-run/{run.id}")
+
+
+def _read_flow_run(flow_run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+@main.command()
+@click.option("--port", type=int, default=4200, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="loopback by default; expose deliberately")
+def server(port, host):
+    """Start `prefect server start` with the project's settings (UI at http://HOST:PORT)."""
+    import subprocess
+
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    click.echo(f"Prefect UI: http://{host}:{port}   (export PREFECT_API_URL=http://{host}:{port}/api)")
+    raise SystemExit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env))
+
+
 @main.command("train-demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="default: the bundled model folder")
 @click.option("--seed", type=int, default=0, show_default=True)

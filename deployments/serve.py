@@ -1,0 +1,49 @@
+"""Serve every dataset's deployments from one process (a single machine, no work pool needed).
+
+    PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
+
+For each `deployments/datasets/<name>.yaml`: `synthesize/<name>` (with the dataset's cron
+schedule), `build-reference/<name>` and `score/<name>`, tagged with dataset and model.
+`--interval SECONDS` replaces the cron schedules (for trying schedules out, and for tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+for key, value in {"OMP_WAIT_POLICY": "PASSIVE", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_AUTH_MODE": "disabled"}.items():
+    os.environ.setdefault(key, value)
+
+from prefect import serve  # noqa: E402
+
+from flows.dataset_runs import build_dataset_reference, score_dataset_run, synthesize_dataset  # noqa: E402
+from flows.datasets import get_dataset, list_datasets  # noqa: E402
+
+
+def deployments(names: list[str], interval: float | None = None) -> list:
+    out = []
+    for name in names:
+        entry = get_dataset(name)
+        tags = entry.deployment_tags()
+        schedule = {"interval": interval} if interval else ({"cron": entry.schedule.cron} if entry.schedule.cron else {})
+        out.append(synthesize_dataset.to_deployment(name=name, parameters={"dataset": name}, tags=tags, description=entry.description, **schedule))
+        out.append(build_dataset_reference.to_deployment(name=name, parameters={"dataset": name}, tags=tags))
+        out.append(score_dataset_run.to_deployment(name=name, parameters={"dataset": name}, tags=tags))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", action="append", help="serve only these datasets (default: all)")
+    parser.add_argument("--interval", type=float, default=None, help="schedule synthesize every N seconds instead of the cron")
+    args = parser.parse_args()
+    names = args.dataset or list_datasets()
+    serve(*deployments(names, args.interval), limit=4)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Flows that deployments run: a dataset name plus overrides → a full synthesis (+ score + report).
+
+These are what `deployments/serve.py` and `deployments/prefect.yaml` expose as
+`synthesize/<dataset>`, `build-reference/<dataset>` and `score/<dataset>`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.config import SynthesisConfig
+from flows.datasets import get_dataset
+from flows.scoring import build_reference, score
+from flows.synthesize import synthesize
+
+
+def _dataset_run_name() -> str:
+    return f"{flow_run.parameters.get('dataset', 'dataset')}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+
+
+def dataset_config(dataset: str, **overrides) -> SynthesisConfig:
+    """The SynthesisConfig a dataset entry describes, with non-None overrides applied."""
+    entry = get_dataset(dataset)
+    now = dt.datetime.now(dt.timezone.utc)
+    guidance = entry.guidance.model_dump()
+    fields = dict(
+        model=entry.model, preset=entry.preset, extractor=entry.reference.extractor,
+        reference=entry.reference_url, reference_source=entry.reference_source,
+        out=f"{entry.output_url}/{dataset}-{now:%Y%m%d-%H%M%S}", arm="guided",
+        seed=entry.run.seed if entry.run.seed is not None else int(f"{now:%Y%m%d}"),
+        **{k: v for k, v in entry.run.model_dump().items() if k != "seed"},
+        **guidance,
+    )
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if fields.get("guidance_scale") == 0:
+        fields["arm"] = "standard"
+    return SynthesisConfig(**fields)
+
+
+@flow(name="synthesize", flow_run_name=_dataset_run_name, retries=1, retry_delay_seconds=30)
+def synthesize_dataset(
+    dataset: str,
+    num_samples: int | None = None,
+    shard_size: int | None = None,
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    seed: int | None = None,
+    workers: int | None = None,
+    out: str | None = None,
+) -> dict:
+    """Synthesize, score and report one run of a dataset; retried once if it fails (it resumes)."""
+    config = dataset_config(dataset, num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed, workers=workers, out=out)
+    return synthesize(config)
+
+
+@flow(name="build-reference", flow_run_name=_dataset_run_name)
+def build_dataset_reference(dataset: str) -> dict:
+    entry = get_dataset(dataset)
+    return build_reference(entry.reference_source, entry.reference_url, extractor=entry.reference.extractor or "inception-pool3")
+
+
+@flow(name="score", flow_run_name=_dataset_run_name)
+def score_dataset_run(dataset: str, run: str) -> dict:
+    entry = get_dataset(dataset)
+    return score(entry.resolve(run), entry.reference_url)

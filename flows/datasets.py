@@ -1,0 +1,134 @@
+"""Datasets as configuration: one YAML file per dataset in `deployments/datasets/`.
+
+An entry names the model, the reference data and extractor, the output location, default
+guidance and run sizes, and a schedule. Validated once, with errors that name the file and field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATASETS_DIR = Path(os.environ.get("MINORITY_DATASETS_DIR", PROJECT_ROOT / "deployments" / "datasets"))
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReferenceEntry(_Strict):
+    source: str
+    extractor: str | None = None
+    url: str
+
+
+class GuidanceEntry(_Strict):
+    guidance_scale: float | None = Field(default=None, ge=0)
+    perturb_ratio: float | None = Field(default=None, gt=0, le=1)
+    every: int | None = Field(default=None, ge=1)
+    stop_ratio: float | None = Field(default=None, ge=-1, lt=1)
+    scale_type: Literal["var", "fixed"] | None = None
+    distance: Literal["l2", "lpips"] | None = None
+    mc_samples: int | None = Field(default=None, ge=1)
+    steps: int | None = Field(default=None, ge=2)
+    sampler: Literal["ancestral", "ddim"] = "ancestral"
+
+
+class RunEntry(_Strict):
+    num_samples: int = Field(default=512, gt=0)
+    shard_size: int = Field(default=256, gt=0)
+    workers: int = Field(default=2, ge=0)
+    seed: int | None = Field(default=None, ge=0)  # None: derived from the run date, so scheduled runs differ
+    device: str = "cpu"
+
+
+class ScheduleEntry(_Strict):
+    cron: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"cron must have 5 fields (minute hour day month weekday), got {value!r}")
+        return value
+
+
+class DatasetEntry(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    model: str
+    preset: str | None = None
+    reference: ReferenceEntry
+    output: str
+    guidance: GuidanceEntry = GuidanceEntry()
+    run: RunEntry = RunEntry()
+    schedule: ScheduleEntry = ScheduleEntry()
+    tags: list[str] = []
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        from minority_core.models import parse_spec
+
+        parse_spec(value)
+        return value
+
+    def resolve(self, path: str) -> str:
+        """URLs stay as they are; relative local paths are taken from the project root."""
+        return path if "://" in path or path.startswith("/") else str(PROJECT_ROOT / path)
+
+    @property
+    def reference_url(self) -> str:
+        return self.resolve(self.reference.url)
+
+    @property
+    def output_url(self) -> str:
+        return self.resolve(self.output)
+
+    @property
+    def reference_source(self) -> str:
+        source = self.reference.source
+        return source if source.startswith("bundled:") else self.resolve(source)
+
+    def deployment_tags(self) -> list[str]:
+        return [f"dataset:{self.name}", f"model:{self.model}", *self.tags]
+
+
+def load_dataset_file(path: str | Path) -> DatasetEntry:
+    """Parse and validate one dataset file; every problem becomes one line naming the file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a dataset file must be a mapping with name, model, reference, output")
+    try:
+        entry = DatasetEntry(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path}: {problems}") from None
+    if entry.name != path.stem:
+        raise ValueError(f"{path}: name {entry.name!r} must match the file name {path.stem!r}")
+    return entry
+
+
+def list_datasets(directory: Path = DATASETS_DIR) -> list[str]:
+    return sorted(p.stem for p in Path(directory).glob("*.yaml"))
+
+
+def get_dataset(name: str, directory: Path = DATASETS_DIR) -> DatasetEntry:
+    path = Path(directory) / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_datasets(directory)) or "none"
+        raise ValueError(f"unknown dataset {name!r}: known datasets are {known} (files in {directory})")
+    return load_dataset_file(path)

@@ -1,0 +1,387 @@
+"""Latent diffusion pipelines (Stable Diffusion layout) with self-guided minority guidance.
+
+**An extension beyond the paper.** Um & Ye (ECCV 2024) guide pixel-space ε-models only. This
+module brings a second model family from the ecosystem: diffusers latent pipelines saved in a
+local folder (`model_index.json`, `unet/`, `vae/`, `scheduler/`, `text_encoder/`,
+`tokenizer/`: a VAE, a text-conditioned `UNet2DConditionModel` and a text encoder).
+
+- The sampler runs on the VAE's latents, already multiplied by `vae.config.scaling_factor`,
+  and the minority guidance is computed on them *exactly as on pixels* (DESIGN §1: Tweedie on
+  the latent, re-noise at the perturbation step, stop-gradient target, L2 distance,
+  normalised gradient × w × Σ). Latents are not in [−1, 1], so x̂0 is never clipped
+  (`clip_range=None`). LPIPS needs images, so `distance="lpips"` is refused here.
+- Classifier-free guidance is folded into the model the samplers see:
+  `LatentPipeline.denoiser(prompts, s)` returns `model(x, t, y=None) -> ε` with
+  ε = ε_u + s·(ε_c − ε_u) (unconditional and conditional batched in one UNet call), so
+  `ancestral_sample`/`ddim_sample` run unchanged and the minority gradient flows through
+  the CFG combination.
+- Prompts are per sample (`sample(prompts=[...])`), or one prompt broadcast; `shard_prompts`
+  assigns a prompt list to the samples of a shard by their global index, so a shard's prompts
+  do not depend on how many workers ran it.
+- The output of `sample` is decoded images, float NCHW in [−1, 1].
+
+Weights are read weights-only: safetensors where the folder has them, else diffusers' and
+transformers' own `.bin` loading (`torch.load(weights_only=True)`); nothing is fetched from a
+hub (`local_files_only=True`). The text encoder and tokenizer are whatever `model_index.json`
+names from `transformers` (e.g. `CLIPTextModel` + `CLIPTokenizer`), or this module's small
+stand-ins `TinyTextEncoder` + `ByteTokenizer` (library name `minority_core`), which let a
+pipeline be built, saved and tested where transformers is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ..diffusion import NoiseSchedule
+from ..guidance import MinorityGuidance
+from ..sampling import ancestral_sample, ddim_sample
+from .diffusers_unet import schedule_from_scheduler_config
+
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SAMPLERS = ("ddim", "ancestral")
+
+
+# -- stand-in text encoder and tokenizer (no transformers needed) ---------------------------------
+
+
+class TinyTextEncoder(ModelMixin, ConfigMixin):
+    """A small transformer text encoder with the call shape of transformers' CLIPTextModel:
+    `encoder(input_ids)[0]` is the last hidden state [B, L, hidden_size]."""
+
+    @register_to_config
+    def __init__(self, vocab_size: int = 258, hidden_size: int = 32, max_length: int = 16, num_layers: int = 1, num_heads: int = 4) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, hidden_size)
+        self.position_embedding = nn.Embedding(max_length, hidden_size)
+        layer = nn.TransformerEncoderLayer(hidden_size, num_heads, dim_feedforward=2 * hidden_size, dropout=0.0, batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.final_layer_norm = nn.LayerNorm(hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor]:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        hidden = self.token_embedding(input_ids) + self.position_embedding(positions)[None]
+        return (self.final_layer_norm(self.layers(hidden)),)
+
+
+@dataclass
+class _Tokens:
+    input_ids: torch.Tensor
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (id = byte + 2; 0 = start, 1 = end and padding), with the call shape
+    of a transformers tokenizer: `tok(texts, padding="max_length", max_length=L, truncation=True,
+    return_tensors="pt").input_ids`. Saved as `tokenizer_config.json`."""
+
+    config_name = "tokenizer_config.json"
+    bos_token_id, eos_token_id, pad_token_id = 0, 1, 1
+
+    def __init__(self, model_max_length: int = 16) -> None:
+        if model_max_length < 2:
+            raise ValueError(f"model_max_length must be ≥ 2, got {model_max_length}")
+        self.model_max_length = int(model_max_length)
+
+    def __call__(self, texts, padding="max_length", max_length=None, truncation=True, return_tensors="pt"):
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        length = int(max_length or self.model_max_length)
+        rows = []
+        for text in texts:
+            ids = [self.bos_token_id] + [b + 2 for b in text.encode("utf-8")][: length - 2 if truncation else None] + [self.eos_token_id]
+            rows.append(ids + [self.pad_token_id] * (length - len(ids)))
+        return _Tokens(torch.tensor(rows, dtype=torch.long))
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / self.config_name).write_text(json.dumps({"tokenizer_class": type(self).__name__, "model_max_length": self.model_max_length}, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, subfolder: str | None = None, **_ignored) -> "ByteTokenizer":
+        path = Path(folder) / (subfolder or "") / cls.config_name
+        if not path.is_file():
+            raise OSError(f"no {cls.config_name} in {path.parent}")
+        return cls(int(json.loads(path.read_text()).get("model_max_length", 16)))
+
+
+_OWN_CLASSES = {"TinyTextEncoder": TinyTextEncoder, "ByteTokenizer": ByteTokenizer}
+
+
+# -- the CFG denoiser the samplers see --------------------------------------------------------------
+
+
+class CFGDenoiser(nn.Module):
+    """`model(x, t, y=None) -> ε` for a text-conditioned UNet with classifier-free guidance.
+
+    ε = ε_u + s·(ε_c − ε_u), unconditional and conditional rows batched in one UNet call
+    (s = 1 is the conditional prediction alone, computed without the unconditional half).
+    A v-prediction UNet is converted to ε (√ᾱ v + √(1−ᾱ) x_t) after the combination; a UNet
+    with 2C output channels (learned variance) keeps the conditional variance channels.
+    """
+
+    def __init__(self, unet: nn.Module, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float,
+                 prediction_type: str, alphas_cumprod: torch.Tensor, keep_variance: bool) -> None:
+        super().__init__()
+        self.unet = unet
+        self.guidance_scale = float(guidance_scale)
+        self.prediction_type = prediction_type
+        self.keep_variance = keep_variance
+        self.register_buffer("cond", cond, persistent=False)
+        self.register_buffer("uncond", uncond, persistent=False)
+        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is not None:
+            raise ValueError("a latent text-to-image pipeline is conditioned on prompts, not class labels: pass y=None")
+        n, channels = x.shape[0], x.shape[1]
+        cond = self._rows(self.cond, n)
+        if self.uncond is None:  # s = 1: conditional only
+            out = self.unet(x, t, encoder_hidden_states=cond.to(x.dtype)).sample
+        else:
+            both = self.unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([self._rows(self.uncond, n), cond]).to(x.dtype)).sample
+            out_u, out_c = both.chunk(2)
+            eps = out_u[:, :channels] + self.guidance_scale * (out_c[:, :channels] - out_u[:, :channels])
+            out = torch.cat([eps, out_c[:, channels:]], dim=1)
+        if not self.keep_variance:
+            out = out[:, :channels]
+        if self.prediction_type == "v_prediction":
+            abar = self.alphas_cumprod[t].view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+            out = torch.cat([abar.sqrt() * out[:, :channels] + (1 - abar).sqrt() * x, out[:, channels:]], dim=1)
+        return out
+
+    @staticmethod
+    def _rows(embeddings: torch.Tensor, n: int) -> torch.Tensor:
+        if embeddings.shape[0] == n:
+            return embeddings
+        if embeddings.shape[0] == 1:
+            return embeddings.expand(n, *embeddings.shape[1:])
+        raise ValueError(f"the denoiser was built for {embeddings.shape[0]} prompts but called on a batch of {n}")
+
+
+# -- the pipeline ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LatentPipeline:
+    """A loaded latent pipeline: `denoiser()` for the samplers, `sample()` for decoded images."""
+
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: object
+    schedule: NoiseSchedule
+    prediction_type: str
+    latent_shape: tuple[int, int, int]  # (C, h, w) of the latents the sampler runs on
+    scaling_factor: float
+    shift_factor: float | None
+    keep_variance: bool
+    device: torch.device
+    folder: str
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Text-encoder hidden states [len(prompts), L, D] (the UNet's cross-attention input)."""
+        prompts = _check_prompts(prompts, "prompts")
+        length = int(getattr(self.tokenizer, "model_max_length", 77))
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0].float()
+
+    def denoiser(self, prompts: Sequence[str], guidance_scale_cfg: float = 7.5, negative_prompt: str | Sequence[str] = "") -> CFGDenoiser:
+        """`model(x, t, y=None) -> ε` over latents, one prompt per batch row (or one for all rows)."""
+        if not isinstance(guidance_scale_cfg, (int, float)) or isinstance(guidance_scale_cfg, bool) or not math.isfinite(guidance_scale_cfg) or guidance_scale_cfg < 0:
+            raise ValueError(f"guidance_scale_cfg must be a finite number ≥ 0, got {guidance_scale_cfg!r}")
+        prompts = _check_prompts(prompts, "prompts")
+        cond = self.encode_prompts(prompts)
+        uncond = None
+        if guidance_scale_cfg != 1:
+            uncond = self.encode_prompts(expand_prompts(negative_prompt, len(prompts)))
+        abar = torch.tensor(self.schedule.alphas_cumprod, dtype=torch.float32, device=self.device)
+        return CFGDenoiser(self.unet, cond, uncond, guidance_scale_cfg, self.prediction_type, abar, self.keep_variance).eval()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+        """Scaled latents → images float NCHW in [−1, 1] through the VAE decoder."""
+        images = []
+        for chunk in latents.split(batch_size):
+            z = chunk.to(self.device) / self.scaling_factor
+            if self.shift_factor is not None:
+                z = z + self.shift_factor
+            images.append(self.vae.decode(z).sample.float().clamp(-1.0, 1.0))
+        return torch.cat(images)
+
+    def sample_latents(
+        self,
+        prompts: str | Sequence[str],
+        minority_guidance: MinorityGuidance | None = None,
+        steps: int = 50,
+        cfg_scale: float = 7.5,
+        generator: torch.Generator | None = None,
+        sampler: str = "ddim",
+        *,
+        num_samples: int | None = None,
+        negative_prompt: str | Sequence[str] = "",
+        eta: float = 0.0,
+        progress: bool = False,
+        autocast: bool = False,
+        callback=None,
+    ) -> torch.Tensor:
+        """The sampler's latents (scaled by `scaling_factor`), before decoding."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if minority_guidance is not None and isinstance(minority_guidance, MinorityGuidance) and minority_guidance.distance != "l2":
+            raise ValueError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents")
+        prompts = expand_prompts(prompts, num_samples)
+        model = self.denoiser(prompts, cfg_scale, negative_prompt)
+        shape = (len(prompts), *self.latent_shape)
+        options = dict(guidance=minority_guidance, steps=steps, generator=generator, progress=progress, callback=callback,
+                       clip_range=None, autocast=autocast, device=self.device)
+        if sampler == "ddim":
+            return ddim_sample(model, self.schedule, shape, eta=eta, **options)
+        return ancestral_sample(model, self.schedule, shape, **options)
+
+    def sample(
+        self,
+        prompts: str | Sequence[str],
+        minority_guidance: MinorityGuidance | None = None,
+        steps: int = 50,
+        cfg_scale: float = 7.5,
+        generator: torch.Generator | None = None,
+        sampler: str = "ddim",
+        **options,
+    ) -> torch.Tensor:
+        """Decoded images float NCHW in [−1, 1]: one per prompt (or `num_samples` of one prompt).
+
+        `minority_guidance=None` is plain (CFG) sampling; same generator seed ⇒ same images.
+        Options: num_samples, negative_prompt, eta (DDIM), progress, autocast, callback.
+        """
+        return self.decode(self.sample_latents(prompts, minority_guidance, steps, cfg_scale, generator, sampler, **options))
+
+
+def expand_prompts(prompts: str | Sequence[str], num_samples: int | None = None) -> list[str]:
+    """One prompt per sample: a single prompt (str or 1-list) is broadcast to `num_samples`."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = _check_prompts(prompts, "prompts")
+    if num_samples is None:
+        return prompts
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
+    if len(prompts) == 1:
+        return prompts * num_samples
+    if len(prompts) != num_samples:
+        raise ValueError(f"got {len(prompts)} prompts for {num_samples} samples: give one prompt per sample, or one prompt")
+    return prompts
+
+
+def shard_prompts(prompts: str | Sequence[str], start: int, count: int) -> list[str]:
+    """Prompts of the samples start … start+count−1 of a run: sample k gets prompts[k mod len].
+
+    Depends only on the samples' global indices, so the assignment is the same however the run
+    is split into shards or workers.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
+    if start < 0 or count < 1:
+        raise ValueError(f"start must be ≥ 0 and count ≥ 1, got start={start}, count={count}")
+    return [prompts[(start + k) % len(prompts)] for k in range(count)]
+
+
+def _check_prompts(prompts, what: str) -> list[str]:
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"{what} must be a non-empty list of strings")
+    return prompts
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def load_latent_pipeline(folder: str | Path, device: torch.device | str = "cpu") -> LatentPipeline:
+    """A `LatentPipeline` from a local diffusers pipeline folder (weights only, no network)."""
+    root = Path(folder).expanduser()
+    index_path = root / "model_index.json"
+    if not index_path.is_file():
+        raise ValueError(f"no diffusers pipeline in {root}: expected model_index.json beside unet/, vae/, scheduler/, text_encoder/, tokenizer/")
+    index = json.loads(index_path.read_text())
+    missing = [part for part in PARTS if not (root / part).is_dir()]
+    if missing:
+        raise ValueError(f"the pipeline in {root} lacks {', '.join(p + '/' for p in missing)} (a latent pipeline needs {', '.join(PARTS)})")
+    device = torch.device(device)
+
+    scheduler_file = root / "scheduler" / "scheduler_config.json"
+    if not scheduler_file.is_file():
+        raise ValueError(f"no scheduler config at {scheduler_file}")
+    scheduler_config = json.loads(scheduler_file.read_text())
+    schedule = schedule_from_scheduler_config(scheduler_config)
+    prediction_type = scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}: only 'epsilon' and 'v_prediction' models can be guided")
+
+    unet = _load_part(root, index, "unet", ("diffusers", "UNet2DConditionModel"))
+    vae = _load_part(root, index, "vae", ("diffusers", "AutoencoderKL"))
+    text_encoder = _load_part(root, index, "text_encoder", ("transformers", "CLIPTextModel"))
+    tokenizer = _load_part(root, index, "tokenizer", ("transformers", "CLIPTokenizer"))
+    for module in (unet, vae, text_encoder):
+        module.to(device).eval().requires_grad_(False)
+
+    channels = int(unet.config.in_channels)
+    latent_channels = int(getattr(vae.config, "latent_channels", channels))
+    if channels != latent_channels:
+        raise ValueError(f"the UNet takes {channels} channels but the VAE makes {latent_channels}-channel latents (inpainting/depth UNets are not supported)")
+    out_channels = int(getattr(unet.config, "out_channels", channels))
+    if out_channels not in (channels, 2 * channels):
+        raise ValueError(f"the UNet returns {out_channels} channels for {channels}-channel latents; expected {channels} or {2 * channels}")
+    keep_variance = out_channels == 2 * channels and scheduler_config.get("variance_type") == "learned_range"
+    size = unet.config.sample_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    shift = getattr(vae.config, "shift_factor", None)
+    return LatentPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, schedule=schedule, prediction_type=prediction_type,
+        latent_shape=(channels, int(height), int(width)), scaling_factor=float(getattr(vae.config, "scaling_factor", 1.0) or 1.0),
+        shift_factor=None if shift is None else float(shift), keep_variance=keep_variance, device=device, folder=str(root),
+    )
+
+
+def _load_part(root: Path, index: dict, part: str, default: tuple[str, str]):
+    entry = index.get(part) or list(default)
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not all(isinstance(e, str) for e in entry):
+        raise ValueError(f"model_index.json: {part} must be [library, class name], got {entry!r}")
+    library, class_name = entry
+    cls = _resolve_class(library, class_name, part)
+    kwargs: dict = {"subfolder": part}
+    if part != "tokenizer":
+        kwargs["local_files_only"] = True
+        if any((root / part).glob("*.safetensors")):
+            kwargs["use_safetensors"] = True
+    elif library != "minority_core":
+        kwargs["local_files_only"] = True
+    try:
+        return cls.from_pretrained(str(root), **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"could not load the {part} ({library}.{class_name}) from {root / part}: {first}") from None
+
+
+def _resolve_class(library: str, class_name: str, part: str):
+    """The class model_index.json names, from diffusers, transformers or this module only."""
+    if library in ("minority_core", __name__):
+        cls = _OWN_CLASSES.get(class_name)
+    elif library in ("diffusers", "transformers"):
+        try:
+            module = importlib.import_module(library)
+        except ImportError:
+            raise ValueError(f"the {part} is a {library}.{class_name}: install {library} (pip install {library})") from None
+        cls = getattr(module, class_name, None)
+    else:
+        raise ValueError(f"model_index.json: {part} comes from {library!r}; only diffusers, transformers and minority_core classes are loaded")
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(f"model_index.json: {library} has no loadable class {class_name!r} for the {part}")
+    return cls
