@@ -23,7 +23,7 @@ RARE_CLASSES_BY_MODEL = {"bundled:digits": (8, 9)}
 CONFIDENT = 0.9
 
 
-@flow(name="build-reference")
+@flow(name="build-reference-set")
 def build_reference(source: str, reference: str, extractor: str = "demo-classifier", k_lof: int = 20, k_rarity: int = 3, index: str = "auto", device: str = "cpu", storage_options: dict | None = None) -> dict:
     """Features of a real dataset (bundled:digits, an image folder, or Parquet with an image column) + its ReferenceSet."""
     return build_reference_set(source, extractor, reference, resolve_storage_options(storage_options), k_lof, k_rarity, index, device)
@@ -40,7 +40,7 @@ def ensure_reference(reference: str, extractor: str, source: str | None, storage
     build_reference(source, reference, extractor=extractor, device=device, storage_options=storage_options)
 
 
-@flow(name="score")
+@flow(name="score-run")
 def score(run: str, reference: str, k_avg: int = 5, storage_options: dict | None = None) -> dict:
     """Score every committed features shard of a run that has no committed scores yet (resumable)."""
     from minority_core.metrics import ReferenceSet
