@@ -71,7 +71,7 @@ class SynthesisConfig(BaseModel):
     def sampler_config(self):
         """The library's SamplerConfig, preset defaults filling unset fields."""
         return sampler_config_for(
-            self.model, guidance_scale=self.guidance_scale, perturb_ratio=self.perturb_ratio, every=self.every,
+            self.model, preset=self.preset, guidance_scale=self.guidance_scale, perturb_ratio=self.perturb_ratio, every=self.every,
             stop_ratio=self.stop_ratio, scale_type=self.scale_type, distance=self.distance, mc_samples=self.mc_samples,
             steps=self.steps, sampler=self.sampler, eta=self.eta, batch_size=self.batch_size,
         )

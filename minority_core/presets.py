@@ -20,14 +20,23 @@ DIGITS = dict(GENERIC, steps=100, guidance_scale=3.0, perturb_ratio=0.4, every=2
 PRESETS = {"bundled:digits": DIGITS}
 
 
-def defaults_for(spec: str) -> dict:
-    """The sampling defaults that apply to a model spec (generic ones for unknown models)."""
+def defaults_for(spec: str, preset: str | None = None) -> dict:
+    """The sampling defaults for a model spec: the bundled model's tuned ones, the paper's for an
+    ADM preset (Um & Ye: CelebA-64/LSUN w 0.4, ImageNet-64 w 0.2 every 2, LPIPS), else generic."""
+    if spec.startswith("adm:") and preset:
+        from .models.adm_loader import PAPER_GUIDANCE
+
+        if preset not in PAPER_GUIDANCE:
+            raise ValueError(f"unknown ADM preset {preset!r}: use one of {', '.join(PAPER_GUIDANCE)}")
+        paper = PAPER_GUIDANCE[preset]
+        return dict(GENERIC, guidance_scale=paper["scale"], **{k: paper[k] for k in ("perturb_ratio", "every", "scale_type", "distance", "steps")})
     return dict(PRESETS.get(spec, GENERIC))
 
 
 def sampler_config_for(
     spec: str,
     *,
+    preset: str | None = None,
     guidance_scale: float | None = None,
     perturb_ratio: float | None = None,
     every: int | None = None,
@@ -44,7 +53,7 @@ def sampler_config_for(
     from .generate import SamplerConfig
     from .guidance import MinorityGuidance
 
-    d = defaults_for(spec)
+    d = defaults_for(spec, preset)
     given = dict(guidance_scale=guidance_scale, perturb_ratio=perturb_ratio, every=every, stop_ratio=stop_ratio,
                  scale_type=scale_type, distance=distance, mc_samples=mc_samples, steps=steps)
     v = {k: d[k] if value is None else value for k, value in given.items()}

@@ -76,12 +76,12 @@ def sampler_options(fn):
     return fn
 
 
-def build_sampler_config(model_spec, **options):
+def build_sampler_config(model_spec, preset=None, **options):
     """Typed sampler config from CLI values; the model's preset fills what was not given."""
     from minority_core.presets import sampler_config_for
 
     names = ("guidance_scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "mc_samples", "steps", "sampler", "eta", "batch_size")
-    return sampler_config_for(model_spec, **{k: options[k] for k in names})
+    return sampler_config_for(model_spec, preset=preset, **{k: options[k] for k in names})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -105,7 +105,7 @@ def sample(out_dir, num_samples, seed, device, preset, **options):
     from minority_core.models import load_model
     from minority_core.shards import ShardStore, samples_table
 
-    config = build_sampler_config(**options)
+    config = build_sampler_config(preset=preset, **options)
     loaded = load_model(options["model_spec"], device, **({"preset": preset} if preset else {}))
     store = ShardStore(str(Path(out_dir).resolve()))
     store.check_writable()
