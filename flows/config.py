@@ -6,7 +6,7 @@ import os
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from minority_core.presets import defaults_for, sampler_config_for
 
@@ -18,6 +18,12 @@ class SynthesisConfig(BaseModel):
     """One synthesis run (one arm): a model, a sampler with or without guidance, and where to write."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:  # one line naming each bad field, for library callers too
+            raise ValueError(describe_validation_error(exc)) from None
 
     model: str = "bundled:digits"
     preset: str | None = None
@@ -94,6 +100,12 @@ class SynthesisConfig(BaseModel):
 
     def full_storage_options(self) -> dict:
         return resolve_storage_options(self.storage_options)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """pydantic's multi-line report as one line: `invalid config: field: reason; …`."""
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+    return "invalid config: " + "; ".join(parts)
 
 
 def check_no_secrets(options: dict | None) -> dict:

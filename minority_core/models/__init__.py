@@ -68,5 +68,8 @@ def load_digit_classifier(device: torch.device | str = "cpu", path: Path | None 
     if not Path(path).is_file():
         raise ValueError(f"digit classifier weights missing at {path}: run `minority-synth train-demo` to rebuild them")
     model = DigitClassifier()
-    model.load_state_dict(load_file(str(path)))
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except Exception as exc:  # truncated file, wrong architecture: one line naming the file
+        raise ValueError(f"digit classifier weights at {path} do not load ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
     return model.to(device).eval()

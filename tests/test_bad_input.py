@@ -1,0 +1,207 @@
+"""Bad input, as a table: every row must fail with one line that names the problem.
+
+Rows span the CLI, run configs, dataset files, model files, feature files and metric parameters;
+the config validators are also checked with hypothesis against the rules they implement.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.config import SynthesisConfig
+from flows.datasets import load_dataset_file
+from minority_core.guidance import MinorityGuidance
+from minority_synth.cli import main
+
+VALID_DATASET = """name: {name}
+model: bundled:digits
+reference: {{source: bundled:digits, url: /tmp/ref}}
+output: /tmp/out
+"""
+
+
+def cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def dataset_file(tmp: Path, text: str, name: str = "ds") -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def truncated_copy(src: Path, dst: Path) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 3])
+    return dst
+
+
+def tiny_adm(tmp: Path, image_size: int) -> Path:
+    from minority_core.models.adm import build_adm
+
+    net = build_adm("celeba64", num_channels=32, num_head_channels=32, image_size=image_size, use_fp16=False)
+    path = tmp / f"adm{image_size}.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def reference(n: int = 50, d: int = 4):
+    from minority_core.metrics import ReferenceSet
+
+    return ReferenceSet.build(np.random.default_rng(0).normal(size=(n, d)).astype(np.float32), k_lof=5, k_rarity=3, index="exact")
+
+
+def cli_case(args, message):
+    def run(tmp):
+        code, output = cli(*[a.format(tmp=tmp) for a in args])
+        assert code == 2, output
+        return output.strip().splitlines()[-1]
+
+    return run
+
+
+def raises_case(fn, message):
+    def run(tmp):
+        with pytest.raises((ValueError, FileNotFoundError, RuntimeError)) as err:
+            fn(tmp)
+        return str(err.value)
+
+    return run
+
+
+CASES = {
+    # --- CLI
+    "cli: unknown model spec": (cli_case(["sample", "--model", "nope", "--out", "{tmp}/o"], ""), "unknown model spec"),
+    "cli: every 0": (cli_case(["sample", "--every", "0", "--out", "{tmp}/o"], ""), "every must be an integer ≥ 1"),
+    "cli: perturb ratio 0": (cli_case(["sample", "--perturb-ratio", "0", "--out", "{tmp}/o"], ""), "perturb_ratio must be in (0, 1]"),
+    "cli: stop ratio 1": (cli_case(["sample", "--stop-ratio", "1", "--out", "{tmp}/o"], ""), "stop_ratio must be in [-1, 1)"),
+    "cli: scale type": (cli_case(["sample", "--scale-type", "log", "--out", "{tmp}/o"], ""), "Invalid value for '--scale-type'"),
+    "cli: negative scale": (cli_case(["sample", "--guidance-scale", "-1", "--out", "{tmp}/o"], ""), "scale must be a finite number ≥ 0"),
+    "cli: shard size 0": (cli_case(["synthesize", "--num-samples", "4", "--shard-size", "0", "--out", "{tmp}/o"], ""), "shard_size"),
+    "cli: num samples 0": (cli_case(["synthesize", "--num-samples", "0", "--out", "{tmp}/o"], ""), "num_samples"),
+    "cli: storage option": (cli_case(["synthesize", "--num-samples", "4", "--out", "{tmp}/o", "--storage-option", "x"], ""), "--storage-option must be key=value"),
+    "cli: unknown dataset": (cli_case(["datasets", "show", "nope"], ""), "unknown dataset 'nope'"),
+    "cli: filter top-q": (cli_case(["filter", "--run", "{tmp}/none", "--top-q", "2"], ""), "top_q must be in (0, 1]"),
+    "cli: eta": (cli_case(["synthesize", "--num-samples", "4", "--out", "{tmp}/o", "--sampler", "ddim", "--eta", "3"], ""), "eta"),
+    # --- configs
+    "config: bundled model": (raises_case(lambda t: SynthesisConfig(model="bundled:cats", num_samples=1, out="/tmp/x"), ""), "unknown bundled model"),
+    "config: arm name": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="/tmp/x", arm="Bad Name!"), ""), "arm"),
+    "config: credentials": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="/tmp/x", storage_options={"password": "p"}), ""), "look like credentials"),
+    "config: unknown field": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="/tmp/x", colour="red"), ""), "Extra inputs are not permitted"),
+    "config: relative out": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="rel/x"), ""), "absolute path or a URL"),
+    "config: mc samples": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="/tmp/x", mc_samples=0), ""), "mc_samples must be an integer ≥ 1"),
+    # --- dataset files
+    "dataset: not yaml": (raises_case(lambda t: load_dataset_file(dataset_file(t, "name: [unclosed")), ""), "not valid YAML"),
+    "dataset: not a mapping": (raises_case(lambda t: load_dataset_file(dataset_file(t, "- a\n- b\n")), ""), "must be a mapping"),
+    "dataset: name mismatch": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="other"))), ""), "must match the file name"),
+    "dataset: bad cron": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="ds") + "schedule: {cron: '* *'}\n")), ""), "cron must have 5 fields"),
+    "dataset: unknown field": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="ds") + "colour: red\n")), ""), "colour: Extra inputs are not permitted"),
+    "dataset: perturb ratio": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="ds") + "guidance: {perturb_ratio: 2}\n")), ""), "guidance.perturb_ratio"),
+    "dataset: missing file": (raises_case(lambda t: load_dataset_file(t / "missing.yaml"), ""), "does not exist"),
+    # --- model files
+    "model: truncated safetensors": (
+        raises_case(lambda t: _truncated_unet(t), ""),
+        "could not load the diffusers UNet",
+    ),
+    "model: truncated classifier": (
+        raises_case(lambda t: _load_classifier(truncated_copy(Path(__file__).parents[1] / "minority_core/models/bundled/digits/classifier.safetensors", t / "c.safetensors")), ""),
+        "do not load",
+    ),
+    "model: ADM wrong image size": (
+        raises_case(lambda t: __import__("minority_core.models", fromlist=["load_model"]).load_model(f"adm:{tiny_adm(t, 16)}", preset="celeba64", num_channels=32, num_head_channels=32, image_size=32), ""),
+        "image_size",
+    ),
+    "model: ADM missing file": (
+        raises_case(lambda t: __import__("minority_core.models", fromlist=["load_model"]).load_model(f"adm:{t}/none.pt", preset="celeba64"), ""),
+        "ADM checkpoint not found",
+    ),
+    # --- feature files
+    "features: NaN": (raises_case(lambda t: __import__("minority_core.shards", fromlist=["x"]).features_table(["a"], np.array([[np.nan, 1.0]])), ""), "NaN or inf"),
+    "features: corrupt shard": (raises_case(lambda t: _corrupt_features(t), ""), "sha256"),
+    "features: missing reference set": (raises_case(lambda t: __import__("minority_core.metrics", fromlist=["x"]).ReferenceSet.load(str(t / "none")), ""), str("none")),
+    # --- metric parameters
+    "metric: k ≥ N": (raises_case(lambda t: reference(n=5), ""), "k"),
+    "metric: dimension mismatch": (raises_case(lambda t: reference().score(np.zeros((3, 7), np.float32)), ""), "dim"),
+    "metric: NaN queries": (raises_case(lambda t: reference().score(np.full((2, 4), np.nan, np.float32)), ""), "NaN"),
+    "metric: precision k 0": (raises_case(lambda t: __import__("minority_core.metrics", fromlist=["x"]).precision_recall(np.zeros((5, 2)), np.zeros((5, 2)), k=0), ""), "k"),
+    "metric: frechet shapes": (raises_case(lambda t: __import__("minority_core.metrics", fromlist=["x"]).frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4)), ""), "must be a 3×3 covariance"),
+    "metric: empty set": (raises_case(lambda t: __import__("minority_core.metrics", fromlist=["x"]).fid_from_features(np.zeros((0, 3)), np.zeros((4, 3))), ""), "empty"),
+}
+
+
+def _truncated_unet(tmp: Path):
+    import shutil
+
+    from minority_core.models import BUNDLED_DIR, load_model
+
+    folder = tmp / "m"
+    shutil.copytree(BUNDLED_DIR / "digits", folder)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    truncated_copy(weights, weights)
+    return load_model(f"diffusers:{folder}")
+
+
+def _load_classifier(path: Path):
+    from minority_core.models import load_digit_classifier
+
+    return load_digit_classifier(path=path)
+
+
+def _corrupt_features(tmp: Path):
+    from minority_core.shards import ShardStore, features_table
+
+    store = ShardStore(str(tmp / "run"))
+    record = store.write_shard("features/x", 0, features_table(["a", "b"], np.ones((2, 3), np.float32)))
+    path = Path(store.shard_path("features/x", 0))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return store.read_shard(record)
+
+
+def test_table_has_at_least_30_rows():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(name, tmp_path):
+    case, expected = CASES[name]
+    message = case(tmp_path)
+    assert expected.lower() in message.lower(), message
+    assert "\n" not in message.strip(), message
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-10, max_value=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scale=finite, perturb=finite, every=st.integers(-3, 10), stop=finite, mc=st.integers(-2, 4))
+def test_guidance_validator_accepts_exactly_the_valid_region(scale, perturb, every, stop, mc):
+    valid = scale >= 0 and 0 < perturb <= 1 and every >= 1 and -1 <= stop < 1 and mc >= 1
+    try:
+        g = MinorityGuidance(scale=scale, perturb_ratio=perturb, every=every, stop_ratio=stop, mc_samples=mc)
+    except ValueError as err:
+        assert not valid and "\n" not in str(err)
+    else:
+        assert valid and g.perturb_index(250) == min(math.floor(perturb * 250), 249)
+
+
+@settings(max_examples=100, deadline=None)
+@given(num_samples=st.integers(-5, 10_000), shard_size=st.integers(-5, 5_000), workers=st.integers(-2, 300))
+def test_synthesis_config_validator(num_samples, shard_size, workers):
+    valid = num_samples > 0 and shard_size > 0 and 0 <= workers <= 256
+    try:
+        SynthesisConfig(num_samples=num_samples, shard_size=shard_size, workers=workers, out="/tmp/x")
+    except ValueError:
+        assert not valid
+    else:
+        assert valid
