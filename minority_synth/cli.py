@@ -390,6 +390,25 @@ def server(port, host):
     raise SystemExit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env))
 
 
+@main.command("augment-eval")
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--out", default="runs/augment", show_default=True)
+@click.option("--num-samples", type=int, default=512, show_default=True, help="generated samples per arm added to the real data")
+@click.option("--seeds", default="0,1,2", show_default=True, help="training seeds of the downstream classifier")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--steps", type=int, default=None)
+@friendly_errors
+def augment_eval_cmd(dataset, out, num_samples, seeds, epochs, workers, steps):
+    """Train a classifier on real, real + standard and real + minority-guided samples; compare on held-out data."""
+    from flows.applications import augment_eval_flow
+
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    result = augment_eval_flow(normalise_out(out), dataset=dataset, num_samples=num_samples, seeds=seed_list, epochs=epochs, workers=workers, steps=steps)
+    click.echo(result["table"])
+    click.echo(f"results: {result['results']}")
+
+
 @main.command("train-demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="default: the bundled model folder")
 @click.option("--seed", type=int, default=0, show_default=True)
