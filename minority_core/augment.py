@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .digits import RARE_CLASSES, split_digits
 
@@ -29,22 +28,11 @@ def uint8_to_float(images_uint8_nhwc: np.ndarray) -> np.ndarray:
 
 def train_and_evaluate(train: TrainingSet, seed: int, epochs: int = 30, split_seed: int = 0) -> dict:
     """Fit a fresh DigitClassifier on `train`, evaluate on the balanced test split."""
-    from .models.digit_classifier import DigitClassifier
+    from .models.digit_classifier import fit_digit_classifier
 
-    torch.manual_seed(seed)
     split = split_digits(split_seed)
     x, y = torch.from_numpy(train.images), torch.from_numpy(train.labels.astype(np.int64))
-    model = DigitClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for batch in torch.randperm(len(x), generator=generator).split(64):
-            loss = F.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    model = fit_digit_classifier(x, y, epochs, seed)
     with torch.no_grad():
         pred = model(torch.from_numpy(split.test_images)).argmax(1).numpy()
     truth = split.test_labels

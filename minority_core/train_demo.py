@@ -94,26 +94,12 @@ def train_unet(config: TrainConfig, log=print) -> tuple[torch.nn.Module, dict]:
 
 def train_classifier(config: TrainConfig, log=print) -> tuple[torch.nn.Module, dict]:
     """The digit classifier on the *balanced* training split (±1 px shifts as augmentation)."""
-    from .models.digit_classifier import DigitClassifier
+    from .models.digit_classifier import fit_digit_classifier
 
-    torch.manual_seed(config.seed)
     split = split_digits(config.seed, imbalanced=False)
     x, y = torch.from_numpy(split.train_images), torch.from_numpy(split.train_labels)
-    model = DigitClassifier()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    generator = torch.Generator().manual_seed(config.seed)
     start = time.monotonic()
-    for epoch in range(config.classifier_epochs):
-        model.train()
-        order = torch.randperm(len(x), generator=generator)
-        for batch in order.split(64):
-            shift = torch.randint(-1, 2, (2,), generator=generator).tolist()
-            xb = torch.roll(x[batch], shifts=shift, dims=(2, 3))
-            loss = F.cross_entropy(model(xb), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    model = fit_digit_classifier(x, y, config.classifier_epochs, config.seed, shift_augment=True)
     with torch.no_grad():
         pred = model(torch.from_numpy(split.test_images)).argmax(1).numpy()
     accuracy = float((pred == split.test_labels).mean())

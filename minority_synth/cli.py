@@ -414,10 +414,15 @@ def augment_eval_cmd(dataset, out, num_samples, seeds, epochs, workers, steps):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--unet-steps", type=int, default=None, help="training steps of the diffusion model (default 4000)")
 @click.option("--classifier-epochs", type=int, default=None)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads; the bundled weights were made with 1 (results depend on it)")
 @friendly_errors
-def train_demo(out_dir, seed, unet_steps, classifier_epochs):
+def train_demo(out_dir, seed, unet_steps, classifier_epochs, threads):
     """Retrain the bundled digits model and classifier from a seed (≈15 min on 2 cores)."""
+    import torch
+
     from minority_core.models import BUNDLED_DIR
+
+    torch.set_num_threads(threads)
     from minority_core.train_demo import TrainConfig
     from minority_core.train_demo import train_demo as run
 

@@ -110,3 +110,21 @@ def test_bundled_weights_are_safetensors_only():
     stats = json.loads((BUNDLED_DIR / "digits" / "training.json").read_text())
     assert f"{stats['unet']['final_loss_last_500']:.4f}" in card
     assert np.isclose(stats["classifier"]["test_accuracy"], 0.964, atol=0.01)
+
+
+def test_bundled_classifier_is_reproducible_from_its_seed():
+    """`train-demo` rebuilds the committed classifier bit for bit (same torch build, 1 thread)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from safetensors.torch import load_file\n"
+        "from minority_core.train_demo import TrainConfig, train_classifier\n"
+        "from minority_core.models import BUNDLED_DIR\n"
+        "m, _ = train_classifier(TrainConfig(), log=lambda *a: None)\n"
+        "ref = load_file(str(BUNDLED_DIR / 'digits' / 'classifier.safetensors'))\n"
+        "print(all(torch.equal(m.state_dict()[k], v) for k, v in ref.items()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert out.stdout.strip().endswith("True"), out.stderr[-2000:]
