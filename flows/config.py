@@ -41,6 +41,11 @@ class SynthesisConfig(BaseModel):
     mc_samples: int | None = None
     steps: int | None = None
     sampler: Literal["ancestral", "ddim"] = "ancestral"
+    method: Literal["standard", "self-guided", "boost-and-skip", "minority-classifier"] = "self-guided"
+    gamma: float | None = Field(default=None, gt=0)
+    skip: int | None = Field(default=None, ge=0)
+    classifier: str | None = None
+    classifier_scale: float | None = Field(default=None, ge=0)
     eta: float = Field(default=0.0, ge=0, le=1)
     batch_size: int = Field(default=256, gt=0)
     seed: int = Field(default=0, ge=0)
@@ -79,7 +84,8 @@ class SynthesisConfig(BaseModel):
         return sampler_config_for(
             self.model, preset=self.preset, guidance_scale=self.guidance_scale, perturb_ratio=self.perturb_ratio, every=self.every,
             stop_ratio=self.stop_ratio, scale_type=self.scale_type, distance=self.distance, mc_samples=self.mc_samples,
-            steps=self.steps, sampler=self.sampler, eta=self.eta, batch_size=self.batch_size,
+            steps=self.steps, sampler=self.sampler, eta=self.eta, batch_size=self.batch_size, method=self.method,
+            gamma=self.gamma, skip=self.skip, classifier=self.classifier, classifier_scale=self.classifier_scale,
         )
 
     def resolved_extractor(self) -> str:

@@ -6,7 +6,8 @@ shard k do not depend on how many workers ran the job or in which order shards f
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -17,20 +18,40 @@ from .models import LoadedModel
 from .sampling import ancestral_sample, ddim_sample
 
 Sampler = Literal["ancestral", "ddim"]
+Method = Literal["standard", "self-guided", "boost-and-skip", "minority-classifier"]
+METHODS = ("standard", "self-guided", "boost-and-skip", "minority-classifier")
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How to sample: which sampler, its steps, the guidance (None = standard sampling), batching."""
+    """How to sample: the method, sampler, steps, guidance (None = no self-guidance), batching.
 
+    Methods: "self-guided" (this product: `guidance`), "standard" (plain sampling), and the
+    baselines "boost-and-skip" (γ-boosted start, first `skip` steps skipped) and
+    "minority-classifier" (classifier guidance toward the top minority level, ICLR 2024).
+    """
+
+    method: Method = "self-guided"
     sampler: Sampler = "ancestral"
     steps: int = 250
     eta: float = 0.0
     guidance: MinorityGuidance | None = None
     batch_size: int = 256
     class_label: int | None = None  # fixed class for class-conditional models; None draws uniformly
+    gamma: float = 4.0  # boost-and-skip: initial-noise std multiplier (the authors' code)
+    skip: int = 3  # boost-and-skip: first grid steps skipped
+    classifier: str | None = None  # minority-classifier: folder of a trained level classifier
+    classifier_scale: float = 3.5  # minority-classifier: classifier-guidance scale
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method != "self-guided" and self.guidance is not None:
+            raise ValueError(f"method {self.method!r} takes no self-guidance settings; use method 'self-guided'")
+        if self.method in ("boost-and-skip", "minority-classifier") and self.sampler != "ancestral":
+            raise ValueError(f"method {self.method!r} runs on the ancestral sampler only, not {self.sampler!r}")
+        if self.method == "minority-classifier" and not self.classifier:
+            raise ValueError("method 'minority-classifier' needs a trained level classifier: pass --classifier DIR (see `train_minority_classifier`)")
         if self.sampler not in ("ancestral", "ddim"):
             raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
         if not isinstance(self.steps, int) or self.steps < 2:
@@ -68,13 +89,31 @@ def generate(
     for start in range(0, num_samples, config.batch_size):
         n = min(config.batch_size, num_samples - start)
         y = None if labels is None else labels[start : start + n].to(device)
-        kwargs = dict(guidance=config.guidance, steps=config.steps, generator=generator, progress=progress, class_labels=y, device=device)
-        if config.sampler == "ddim":
-            x = ddim_sample(loaded.model, loaded.schedule, (n, *loaded.shape), eta=config.eta, **kwargs)
-        else:
-            x = ancestral_sample(loaded.model, loaded.schedule, (n, *loaded.shape), **kwargs)
-        chunks.append(x.clamp(-1, 1).cpu())
+        chunks.append(_sample_batch(loaded, (n, *loaded.shape), config, generator, y, device, progress).clamp(-1, 1).cpu())
     return torch.cat(chunks), labels
+
+
+def _sample_batch(loaded: LoadedModel, shape, config: SamplerConfig, generator, y, device, progress) -> torch.Tensor:
+    common = dict(steps=config.steps, generator=generator, progress=progress, class_labels=y, device=device)
+    if config.method == "boost-and-skip":
+        from .baselines import boost_and_skip_sample
+
+        return boost_and_skip_sample(loaded.model, loaded.schedule, shape, gamma=config.gamma, skip=config.skip, **common)
+    if config.method == "minority-classifier":
+        from .baselines import classifier_guided_sample
+
+        classifier = _level_classifier(config.classifier, str(device))
+        return classifier_guided_sample(loaded.model, loaded.schedule, classifier, shape, scale=config.classifier_scale, **common)
+    if config.sampler == "ddim":
+        return ddim_sample(loaded.model, loaded.schedule, shape, guidance=config.guidance, eta=config.eta, **common)
+    return ancestral_sample(loaded.model, loaded.schedule, shape, guidance=config.guidance, **common)
+
+
+@lru_cache(maxsize=4)
+def _level_classifier(path: str, device: str):
+    from .baselines import load_level_classifier
+
+    return load_level_classifier(path, device)
 
 
 def _class_labels(loaded: LoadedModel, n: int, config: SamplerConfig, generator: torch.Generator) -> torch.Tensor | None:

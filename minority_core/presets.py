@@ -15,7 +15,8 @@ GENERIC = dict(
 # best trade-off between rare-class share / AvgkNN and classifier confidence. On this 8×8 model
 # with its cosine schedule, the paper's s = 0.8·T and every = 5 give almost no effect below the
 # w that wrecks samples; guiding every 2nd step of the first half, with s = 0.4·T, does.
-DIGITS = dict(GENERIC, steps=100, guidance_scale=3.0, perturb_ratio=0.4, every=2, stop_ratio=0.5, extractor="demo-classifier")
+DIGITS = dict(GENERIC, steps=100, guidance_scale=3.0, perturb_ratio=0.4, every=2, stop_ratio=0.5, extractor="demo-classifier",
+              classifier_scale=10.0)  # minority-classifier baseline, tuned in minority_core/baselines/minority_classifier.py
 
 PRESETS = {"bundled:digits": DIGITS}
 
@@ -48,6 +49,11 @@ def sampler_config_for(
     sampler: str = "ancestral",
     eta: float = 0.0,
     batch_size: int = 256,
+    method: str = "self-guided",
+    gamma: float | None = None,
+    skip: int | None = None,
+    classifier: str | None = None,
+    classifier_scale: float | None = None,
 ):
     """A validated SamplerConfig: given values win, the model's preset fills the rest; w = 0 is standard sampling."""
     from .generate import SamplerConfig
@@ -58,9 +64,12 @@ def sampler_config_for(
                  scale_type=scale_type, distance=distance, mc_samples=mc_samples, steps=steps)
     v = {k: d[k] if value is None else value for k, value in given.items()}
     guidance = None
-    if v["guidance_scale"] != 0:
+    if method == "self-guided" and v["guidance_scale"] == 0:
+        method = "standard"
+    if method == "self-guided":
         guidance = MinorityGuidance(
             scale=float(v["guidance_scale"]), perturb_ratio=float(v["perturb_ratio"]), every=v["every"],
             stop_ratio=float(v["stop_ratio"]), scale_type=v["scale_type"], distance=v["distance"], mc_samples=v["mc_samples"],
         )
-    return SamplerConfig(sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size)
+    baseline = {k: val for k, val in dict(gamma=gamma, skip=skip, classifier_scale=classifier_scale if classifier_scale is not None else d.get("classifier_scale")).items() if val is not None}
+    return SamplerConfig(method=method, sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size, classifier=classifier, **baseline)

@@ -65,6 +65,12 @@ def sampler_options(fn):
         click.option("--distance", type=click.Choice(["l2", "lpips"]), default=None, help="minority loss distance"),
         click.option("--mc-samples", type=int, default=None, help="re-noising draws averaged per guided step (default 1)"),
         click.option("--steps", type=int, default=None, help="sampling steps on the respaced grid"),
+        click.option("--method", type=click.Choice(["self-guided", "standard", "boost-and-skip", "minority-classifier"]), default="self-guided", show_default=True,
+                     help="self-guided (this product), standard, or a baseline"),
+        click.option("--gamma", type=float, default=None, help="boost-and-skip: initial noise std multiplier (default 4)"),
+        click.option("--skip", type=int, default=None, help="boost-and-skip: first steps skipped (default 3)"),
+        click.option("--classifier", default=None, help="minority-classifier: folder of a trained level classifier"),
+        click.option("--classifier-scale", type=float, default=None, help="minority-classifier: guidance scale"),
         click.option("--sampler", type=click.Choice(["ancestral", "ddim"]), default="ancestral", show_default=True),
         click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM η"),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -80,7 +86,8 @@ def build_sampler_config(model_spec, preset=None, **options):
     """Typed sampler config from CLI values; the model's preset fills what was not given."""
     from minority_core.presets import sampler_config_for
 
-    names = ("guidance_scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "mc_samples", "steps", "sampler", "eta", "batch_size")
+    names = ("guidance_scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "mc_samples", "steps", "sampler", "eta", "batch_size",
+             "method", "gamma", "skip", "classifier", "classifier_scale")
     return sampler_config_for(model_spec, preset=preset, **{k: options[k] for k in names})
 
 
@@ -113,7 +120,7 @@ def sample(out_dir, num_samples, seed, device, preset, **options):
     uint8 = to_uint8_nhwc(images)
     labels = label_samples(loaded.spec, images) if class_labels is None else class_labels.numpy()
     scale = 0.0 if config.guidance is None else config.guidance.scale
-    record = store.write_shard("samples", 0, samples_table(uint8, 0, seed, labels=labels, guidance=scale, arm="standard" if scale == 0 else "guided"))
+    record = store.write_shard("samples", 0, samples_table(uint8, 0, seed, labels=labels, guidance=scale, arm=config.method))
     (Path(out_dir) / "grid.png").write_bytes(grid_png(uint8))
     click.echo(json.dumps({"samples": num_samples, "parquet": store.url_of(record.path), "grid": str(Path(out_dir) / "grid.png")}))
 
@@ -388,6 +395,27 @@ def server(port, host):
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     click.echo(f"Prefect UI: http://{host}:{port}   (export PREFECT_API_URL=http://{host}:{port}/api)")
     raise SystemExit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env))
+
+
+@main.command()
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--out", default="runs/compare", show_default=True)
+@click.option("--num-samples", type=int, default=512, show_default=True, help="per method")
+@click.option("--shard-size", type=int, default=128, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, default=None)
+@click.option("--classifier-steps", type=int, default=3000, show_default=True, help="training steps of the minority-classifier baseline")
+@friendly_errors
+def compare(dataset, out, num_samples, shard_size, workers, seed, steps, classifier_steps):
+    """Every method (standard, self-guided, boost-and-skip, minority-classifier) side by side, one report."""
+    from flows.compare import compare as flow
+
+    result = flow(normalise_out(out), dataset=dataset, num_samples=num_samples, shard_size=shard_size, workers=workers, seed=seed, steps=steps, classifier_steps=classifier_steps)
+    click.echo(f"report: {result['report']}")
+    for row in result["table"]:
+        fields = ", ".join(f"{k} {_fmt(row.get(k))}" for k in ("rare_share", "avgknn_mean", "lof_mean", "confident_share", "fid", "seconds_per_sample") if k in row)
+        click.echo(f"  {row['name']}: {fields}")
 
 
 @main.command("augment-eval")
