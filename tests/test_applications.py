@@ -38,3 +38,30 @@ def test_augment_eval_flow_end_to_end(tmp_path):
     saved = json.loads((tmp_path / "augment" / "results.json").read_text())
     assert saved["rows"] == result["rows"] and "pseudo-labels" in saved["note"]
     assert markdown_table(result["rows"]).count("\n") == 4
+
+
+@pytest.mark.usefixtures("prefect_api", "ray_local")
+def test_compare_runs_every_method_end_to_end(tmp_path):
+    from flows.compare import METHODS, compare
+
+    result = compare(str(tmp_path), num_samples=16, shard_size=16, workers=1, steps=8, classifier_steps=30)
+    assert [row["name"] for row in result["table"]] == list(METHODS)
+    for row in result["table"]:
+        assert row["samples"] == 16 and row["seconds_per_sample"] > 0 and 0 <= row["rare_share"] <= 1
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert all(method in html for method in METHODS)
+    assert (tmp_path / "level-classifier" / "level_classifier.safetensors").is_file()
+
+
+def test_each_method_samples_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from minority_synth.cli import main
+
+    for method in ("standard", "self-guided", "boost-and-skip"):
+        result = CliRunner().invoke(main, ["sample", "--method", method, "--num-samples", "4", "--steps", "6", "--out", str(tmp_path / method)])
+        assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(main, ["sample", "--method", "minority-classifier", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "needs a trained level classifier" in bad.output
+    ddim = CliRunner().invoke(main, ["sample", "--method", "boost-and-skip", "--sampler", "ddim", "--out", str(tmp_path / "y")])
+    assert ddim.exit_code == 2 and "ancestral sampler only" in ddim.output
