@@ -95,4 +95,13 @@ def call(actor: object, method: str, *args):
     import ray
 
     fn = getattr(actor, method)
-    return ray.get(fn.remote(*args)) if hasattr(fn, "remote") else fn(*args)
+    if not hasattr(fn, "remote"):
+        return fn(*args)
+    try:
+        return ray.get(fn.remote(*args))
+    except ray.exceptions.RayTaskError as err:
+        # the worker's own error (StorageError, NonFiniteSampleError, ...) with its one-line message,
+        # not Ray's wrapper whose text starts with the remote traceback; that stays chained
+        if isinstance(err.cause, Exception):
+            raise err.cause from err
+        raise

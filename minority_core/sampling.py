@@ -112,6 +112,7 @@ def _sample_loop(step, model, schedule, shape, guidance, steps, generator, progr
 
     x = _randn(shape, generator, device)
     indices = range(len(grid) - 1, -1, -1)
+    guided = False  # whether the guidance term has moved x yet: decides what a NaN is blamed on
     with torch.no_grad(), autocast_ctx:
         for i in tqdm(indices, desc="sampling", disable=not progress, leave=False):
             guide = None
@@ -125,10 +126,14 @@ def _sample_loop(step, model, schedule, shape, guidance, steps, generator, progr
             noise = _randn(shape, generator, device) if i > 0 else None
             x = step(x, i, out, x0, grid, noise, guide)
             if not torch.isfinite(x).all():
+                # blame the guidance once it has acted (a huge w often breaks only a later step's
+                # model call), unless the model already returned NaN/inf before it ever did
+                model_first = not guided and not torch.isfinite(out.eps).all()
                 raise NonFiniteSampleError(
                     f"sampling produced NaN/inf at step {i} of {len(grid)}"
-                    + (f" with guidance scale {guidance.scale}: lower --guidance-scale" if guide is not None else ": check the model weights and --steps")
+                    + (f" with guidance scale {guidance.scale}: lower --guidance-scale" if (guided or guide is not None) and not model_first else ": check the model weights and --steps")
                 )
+            guided = guided or guide is not None
             if callback is not None:
                 callback(i, x, x0)
     return x

@@ -17,6 +17,7 @@ This module never imports prefect or ray: it runs inside Ray actors and the driv
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -316,6 +317,8 @@ def sha256_hex(data: bytes) -> str:
 # --------------------------------------------------------------------------- retry
 
 _PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+# OS errors that no retry fixes: a full disk, a read-only file system, a denied or too-long path
+_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.EFBIG}
 _TRANSIENT_NAME_HINTS = ("Connect", "Timeout", "HTTPClient", "IncompleteRead", "ResponseParser", "Throttl")
 _TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable", "503", "500"}
 
@@ -323,6 +326,8 @@ _TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "RequestTimeout", "InternalErro
 def is_transient(err: BaseException) -> bool:
     """Worth retrying: network/timeouts/5xx, not missing files, permissions or our own errors."""
     if isinstance(err, (StorageError, *_PERMANENT)):
+        return False
+    if isinstance(err, OSError) and err.errno in _PERMANENT_ERRNOS:
         return False
     if isinstance(err, (ConnectionError, TimeoutError, OSError)):
         return True
@@ -375,6 +380,10 @@ def _hint(err: BaseException) -> str:
         return "; permission denied: check credentials (--storage-option key=..., env) and write access"
     if isinstance(err, (NotADirectoryError, FileExistsError)):
         return "; a component of the path is a file, not a directory: choose another output path"
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "; the disk is full (or over quota): free space or choose another output location"
+    if isinstance(err, OSError) and err.errno == errno.EROFS:
+        return "; the file system is read-only: choose another output location"
     if "Credential" in name:
         return "; no usable credentials: set them in the environment or via --storage-option"
     if isinstance(err, ConnectionError) or "Connect" in name or "connect" in text:
@@ -815,7 +824,10 @@ class ShardStore:
             try:
                 back = self._get(rel)
             finally:
-                self._remove_quietly(self._abs(rel))
+                try:  # retried like any write: a passing blip must not leave the probe behind
+                    self._retry(lambda: self.fs.rm(self._abs(rel)), f"delete {self.url_of(rel)}")
+                except Exception:  # noqa: BLE001 - the check's own outcome matters more
+                    pass
                 self._invalidate(self._abs(rel))
             if back != payload:
                 raise StorageError("the probe read back different bytes")

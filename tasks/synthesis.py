@@ -57,6 +57,9 @@ def plan_shards(config) -> Plan:
     if manifest is None:  # written at the first commit, so a run that fails before it leaves nothing
         manifest = Manifest(config=identity, code_version=__version__)
     extractor_kind = f"features/{identity['extractor']}"
+    for kind in (SAMPLES, extractor_kind):  # temporaries of writers killed mid-write
+        if store.clean_temporaries(kind):
+            logger.warning("removed temporary files left in %s by an interrupted writer", kind)
     specs = [
         ShardSpec(k, min(config.shard_size, config.num_samples - k * config.shard_size), shard_seed(config.seed, k))
         for k in range(-(-config.num_samples // config.shard_size))
@@ -97,7 +100,20 @@ class ManifestCommitter:
         return done
 
 
-@task(name="generate-shard", task_run_name="shard-{spec.index:05d}", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, persist_result=False)
+def worth_retrying(task, task_run, state) -> bool:
+    """Retry a shard after a crash or a storage outage, not after a failure its seed will repeat."""
+    from minority_core.sampling import NonFiniteSampleError
+
+    try:
+        state.result()
+    except (NonFiniteSampleError, ValueError):  # same seed, same config: the same error again
+        return False
+    except BaseException:  # noqa: BLE001 - anything else may pass next time
+        return True
+    return True
+
+
+@task(name="generate-shard", task_run_name="shard-{spec.index:05d}", retries=2, retry_delay_seconds=2, retry_condition_fn=worth_retrying, cache_policy=NO_CACHE, persist_result=False)
 def generate_shard(pool, spec: ShardSpec, committer: ManifestCommitter):
     """Generate one shard on an idle actor (which writes it), then commit it to the manifest."""
     from flows.ray_pool import call
