@@ -16,8 +16,8 @@ from typing import Iterator
 
 from minority_core.worker import ShardWorker
 
-ACTOR_MAX_RESTARTS = 4
-ACTOR_MAX_TASK_RETRIES = 4
+ACTOR_MAX_RESTARTS = -1  # always restart: a budget per actor would let a long run die after a few crashes
+ACTOR_MAX_TASK_RETRIES = 4  # per call, so a shard that crashes its actor every time still fails in bounded time
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
