@@ -22,6 +22,12 @@ count (their sampling flags use `--timestep_respacing 250`). So:
   `ancestral_sample(..., guidance=None)`, bit for bit, for the same generator.
 - Nothing else changes: same clipping of x̂0, same variance (learned or fixed), last step
   returns the mean.
+
+How strong it is depends on dimension and on where the skip lands: x at the start index s enters
+the posterior over data modes through γ·√ᾱ_s·⟨μ, z⟩, which grows like √D. On the 8×8 digits
+(D = 64, cosine schedule, 100 steps) the defaults do nothing measurable (rare-class share 4.5 %
+standard vs 4.5 %, mean of 2 seeds × 300 samples); Δt = 20 gives 8.5 % at 88 % confident samples
+(vs 96 %). On a 2-D mixture it has no effect; on a 256-D one, factor ≈ 1.3 (tests/test_baselines.py).
 """
 
 from __future__ import annotations
