@@ -23,6 +23,9 @@ from .guidance import MinorityGuidance, minority_gradient, resolve_distance
 from .model_api import DenoisingModel, ModelOutput, call_model, model_device
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (grid index, x_{t-1}, x̂0)
+# (x_t, grid index, respaced grid, model output, Σ at this step) -> shift added to the step mean,
+# an ADM-style `cond_fn`: how baselines such as classifier guidance plug into the same loop.
+MeanShift = Callable[[torch.Tensor, int, NoiseSchedule, ModelOutput, "torch.Tensor | float"], torch.Tensor]
 
 
 class NonFiniteSampleError(FloatingPointError):
@@ -42,12 +45,18 @@ def ancestral_sample(
     clip_range: tuple[float, float] | None = (-1.0, 1.0),
     autocast: bool = False,
     device: torch.device | str | None = None,
+    init_scale: float = 1.0,
+    start_index: int | None = None,
+    mean_shift: MeanShift | None = None,
 ) -> torch.Tensor:
     """DDPM ancestral sampling, optionally with self-guided minority guidance.
 
     `schedule` is the model's training schedule; sampling runs on `schedule.respace(steps)`.
     `guidance=None` is exactly standard ancestral sampling. Returns x_0 (unclipped last step
     mean, as DDPM does; it lies in `clip_range` up to the last step's tiny noise).
+    Hooks for the baselines: the first draw is scaled by `init_scale` and taken as x at grid
+    index `start_index` (later indices are skipped, drawing nothing); `mean_shift` is added to
+    every step's mean.
     """
 
     def step(x: torch.Tensor, i: int, out: ModelOutput, x0: torch.Tensor, grid: NoiseSchedule, noise: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
@@ -55,11 +64,14 @@ def ancestral_sample(
         mean = grid.posterior_mean(x0, x, i)
         if guide is not None:
             mean = mean + guide * _variance_factor(guidance, log_var)
+        if mean_shift is not None:
+            mean = mean + mean_shift(x, i, grid, out, _exp(log_var))
         if i == 0:
             return mean
         return mean + _exp(0.5 * log_var) * noise
 
-    return _sample_loop(step, model, schedule, shape, guidance, steps, generator, progress, class_labels, callback, clip_range, autocast, device)
+    return _sample_loop(step, model, schedule, shape, guidance, steps, generator, progress, class_labels, callback, clip_range, autocast, device,
+                        init_scale=init_scale, start_index=start_index, shifted=mean_shift is not None)
 
 
 def ddim_sample(
@@ -95,8 +107,9 @@ def ddim_sample(
     return _sample_loop(step, model, schedule, shape, guidance, steps, generator, progress, class_labels, callback, clip_range, autocast, device)
 
 
-def _sample_loop(step, model, schedule, shape, guidance, steps, generator, progress, class_labels, callback, clip_range, autocast, device) -> torch.Tensor:
-    """The loop both samplers share: noise → for i = steps−1 … 0: model, x̂0, guidance, step."""
+def _sample_loop(step, model, schedule, shape, guidance, steps, generator, progress, class_labels, callback, clip_range, autocast, device,
+                 init_scale: float = 1.0, start_index: int | None = None, shifted: bool = False) -> torch.Tensor:
+    """The loop both samplers share: noise → for i = start … 0: model, x̂0, guidance, step."""
     if guidance is not None and not isinstance(guidance, MinorityGuidance):
         raise TypeError(f"guidance must be a MinorityGuidance or None, got {type(guidance).__name__}")
     if len(shape) < 2 or any(not isinstance(d, int) or d < 1 for d in shape):
@@ -110,9 +123,14 @@ def _sample_loop(step, model, schedule, shape, guidance, steps, generator, progr
     distance = resolve_distance(guidance, device) if guidance is not None else None
     autocast_ctx = torch.autocast(device.type) if autocast else nullcontext()
 
+    start = len(grid) - 1 if start_index is None else start_index
+    if not isinstance(start, int) or not 0 <= start < len(grid):
+        raise ValueError(f"start index {start!r} is outside the {len(grid)}-step grid")
     x = _randn(shape, generator, device)
-    indices = range(len(grid) - 1, -1, -1)
-    guided = False  # whether the guidance term has moved x yet: decides what a NaN is blamed on
+    if init_scale != 1.0:
+        x = x * init_scale
+    indices = range(start, -1, -1)
+    guided = False  # whether a guidance term has moved x yet: decides what a NaN is blamed on  # whether the guidance term has moved x yet: decides what a NaN is blamed on
     with torch.no_grad(), autocast_ctx:
         for i in tqdm(indices, desc="sampling", disable=not progress, leave=False):
             guide = None
@@ -129,11 +147,12 @@ def _sample_loop(step, model, schedule, shape, guidance, steps, generator, progr
                 # blame the guidance once it has acted (a huge w often breaks only a later step's
                 # model call), unless the model already returned NaN/inf before it ever did
                 model_first = not guided and not torch.isfinite(out.eps).all()
+                blame_guidance = (guided or guide is not None or shifted) and not model_first
+                what = f" with guidance scale {guidance.scale}: lower --guidance-scale" if guidance is not None else ": lower the guidance scale"
                 raise NonFiniteSampleError(
-                    f"sampling produced NaN/inf at step {i} of {len(grid)}"
-                    + (f" with guidance scale {guidance.scale}: lower --guidance-scale" if (guided or guide is not None) and not model_first else ": check the model weights and --steps")
+                    f"sampling produced NaN/inf at step {i} of {len(grid)}" + (what if blame_guidance else ": check the model weights and --steps")
                 )
-            guided = guided or guide is not None
+            guided = guided or guide is not None or shifted
             if callback is not None:
                 callback(i, x, x0)
     return x

@@ -38,8 +38,7 @@ import torch
 
 from ..diffusion import NoiseSchedule
 from ..model_api import DenoisingModel
-from ..sampling import StepCallback
-from ._ancestral import ancestral_loop
+from ..sampling import StepCallback, ancestral_sample
 
 DEFAULT_GAMMA = 4.0
 DEFAULT_SKIP = 3
@@ -70,7 +69,7 @@ def boost_and_skip_sample(
         raise ValueError(f"steps must be an integer ≥ 2, got {steps!r}")
     if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < steps:
         raise ValueError(f"skip must be an integer in [0, {steps - 1}] for {steps} steps, got {skip!r}")
-    return ancestral_loop(
-        model, schedule, shape, steps, generator, progress, class_labels, clip_range, device,
-        init_scale=float(gamma), start_index=steps - 1 - skip, callback=callback, desc="boost-and-skip",
+    return ancestral_sample(
+        model, schedule, shape, steps=steps, generator=generator, progress=progress, class_labels=class_labels,
+        clip_range=clip_range, device=device, init_scale=float(gamma), start_index=steps - 1 - skip, callback=callback,
     )

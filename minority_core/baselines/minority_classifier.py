@@ -44,8 +44,7 @@ from torch import nn
 from ..diffusion import NoiseSchedule
 from ..guidance import l2_distance
 from ..model_api import DenoisingModel, ModelOutput, call_model, model_device
-from ..sampling import StepCallback
-from ._ancestral import ancestral_loop
+from ..sampling import StepCallback, ancestral_sample
 
 # Reference settings (authors' code) and the demo's.
 SCORE_STEPS = 100
@@ -336,9 +335,9 @@ def classifier_guided_sample(
             (grad,) = torch.autograd.grad(log_probs[:, target_level].sum(), x_in)
         return scale * variance * grad.to(x.dtype)
 
-    return ancestral_loop(
-        model, schedule, shape, steps, generator, progress, class_labels, clip_range, device,
-        mean_shift=shift if scale != 0 else None, callback=callback, desc="minority guidance",
+    return ancestral_sample(
+        model, schedule, shape, steps=steps, generator=generator, progress=progress, class_labels=class_labels,
+        clip_range=clip_range, device=device, mean_shift=shift if scale != 0 else None, callback=callback,
     )
 
 
