@@ -27,6 +27,7 @@ class SynthesisConfig(BaseModel):
 
     model: str = "bundled:digits"
     preset: str | None = None
+    upsampler: str | None = None  # imagenet64to256: the upsampler checkpoint
     num_samples: int = Field(gt=0)
     shard_size: int = Field(default=256, gt=0)
     out: str
@@ -96,6 +97,7 @@ class SynthesisConfig(BaseModel):
         return {
             "model": self.model,
             "preset": self.preset,
+            "upsampler": self.upsampler,
             "num_samples": self.num_samples,
             "shard_size": self.shard_size,
             "arm": self.arm,

@@ -94,6 +94,12 @@ def generate(
 
 
 def _sample_batch(loaded: LoadedModel, shape, config: SamplerConfig, generator, y, device, progress) -> torch.Tensor:
+    if loaded.upsampler is not None:
+        from .models.adm_loader import sample_imagenet256
+
+        if config.method not in ("self-guided", "standard") or config.sampler != "ancestral":
+            raise ValueError("the two-stage ImageNet-256 model runs self-guided or standard ancestral sampling only")
+        return sample_imagenet256(loaded, loaded.upsampler, shape[0], config.guidance, steps=config.steps, generator=generator, class_labels=y, progress=progress)
     common = dict(steps=config.steps, generator=generator, progress=progress, class_labels=y, device=device)
     if config.method == "boost-and-skip":
         from .baselines import boost_and_skip_sample

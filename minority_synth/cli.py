@@ -57,6 +57,7 @@ def sampler_options(fn):
     options = [
         click.option("--model", "model_spec", default="bundled:digits", show_default=True, help="bundled:digits, diffusers:PATH_OR_ID or adm:PATH"),
         click.option("--preset", default=None, help="ADM preset for adm: specs (celeba64, lsun256, imagenet64, imagenet64to256)"),
+        click.option("--upsampler", default=None, help="imagenet64to256: the 64→256 upsampler checkpoint (the --model is the 64 px one)"),
         click.option("--guidance-scale", type=float, default=None, help="w; 0 = standard sampling (no guidance). Default: the model's preset."),
         click.option("--perturb-ratio", type=float, default=None, help="s = ⌊ratio·steps⌋ for the re-noising (default 0.8)"),
         click.option("--every", type=int, default=None, help="guide every k-th step (default 5)"),
@@ -104,7 +105,7 @@ def main():
 @click.option("--num-samples", type=int, default=64, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="output folder (PNG grid + Parquet)")
 @friendly_errors
-def sample(out_dir, num_samples, seed, device, preset, **options):
+def sample(out_dir, num_samples, seed, device, preset, upsampler, **options):
     """Sample in this process: writes OUT/grid.png and OUT/samples/shard-00000.parquet."""
     from minority_core.generate import generate
     from minority_core.images import grid_png, to_uint8_nhwc
@@ -113,7 +114,8 @@ def sample(out_dir, num_samples, seed, device, preset, **options):
     from minority_core.shards import ShardStore, samples_table
 
     config = build_sampler_config(preset=preset, **options)
-    loaded = load_model(options["model_spec"], device, **({"preset": preset} if preset else {}))
+    model_options = {k: v for k, v in dict(preset=preset, upsampler=upsampler).items() if v}
+    loaded = load_model(options["model_spec"], device, **model_options)
     store = ShardStore(str(Path(out_dir).resolve()))
     store.check_writable()
     images, class_labels = generate(loaded, num_samples, config, seed, device, progress=True)
@@ -160,13 +162,13 @@ def normalise_out(out: str) -> str:
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for fsspec (repeatable); credentials stay out of Prefect")
 @click.option("--overwrite", is_flag=True, help="replace a different earlier run at --out")
 @friendly_errors
-def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_address, storage_option, overwrite, seed, device, preset, model_spec, **sampler):
+def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_address, storage_option, overwrite, seed, device, preset, upsampler, model_spec, **sampler):
     """Run the synthesis flow (Prefect + Ray + Parquet shards); rerunning the same command resumes."""
     from flows.config import SynthesisConfig
 
     plain = _storage(storage_option)
     config = SynthesisConfig(
-        model=model_spec, preset=preset, num_samples=num_samples, shard_size=shard_size, out=normalise_out(out), arm=arm,
+        model=model_spec, preset=preset, upsampler=upsampler, num_samples=num_samples, shard_size=shard_size, out=normalise_out(out), arm=arm,
         extractor=extractor, workers=workers, ray_address=ray_address, device=device, overwrite=overwrite, seed=seed,
         storage_options=plain, **sampler,
     )

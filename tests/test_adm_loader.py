@@ -222,3 +222,16 @@ def test_doctor_flags_presence(tmp_path, monkeypatch) -> None:
     assert len(table) == len(checks) + 3  # header, rule, rows, summary
     assert all(any(name in line for line in table) for name in checks)
     assert table[-1] == f"{len(present)} of {len(checks)} present"
+
+
+def test_imagenet256_is_one_load_and_one_generate(ckpts) -> None:
+    """`adm:BASE --preset imagenet64to256 --upsampler UP`: generate() runs the guided 64 px stage,
+    then the upsampler unguided (here at reduced sizes, 16 → 64, the same 4× ratio)."""
+    from minority_core.generate import SamplerConfig, generate
+
+    loaded = load_model("adm:" + ckpts["imagenet_tiny"], preset="imagenet64to256", upsampler=ckpts["upsampler_tiny"], upsampler_options=TINY_SR, **TINY)
+    assert loaded.upsampler is not None and loaded.num_classes == 1000
+    images, labels = generate(loaded, 2, SamplerConfig(steps=3, guidance=GUIDED), seed=0)
+    assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all() and labels.shape == (2,)
+    with pytest.raises(ValueError, match="self-guided or standard ancestral sampling only"):
+        generate(loaded, 1, SamplerConfig(steps=3, method="boost-and-skip"), seed=0)

@@ -25,6 +25,7 @@ class LoadedModel:
     shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int | None
     spec: str
+    upsampler: "LoadedModel | None" = None  # a second, unguided super-resolution stage (ImageNet 64→256)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -43,6 +44,9 @@ def load_model(spec: str, device: torch.device | str = "cpu", **options) -> Load
     if scheme == "adm":
         from .adm_loader import load_adm
 
+        if options.get("preset") == "imagenet64to256" and options.get("upsampler"):
+            return _load_two_stage(target, device, spec, options)
+        options.pop("upsampler", None)
         return load_adm(target, device=device, spec=spec, **options)
     if options:
         raise ValueError(f"options {sorted(options)} apply only to adm: specs")
@@ -56,6 +60,23 @@ def load_model(spec: str, device: torch.device | str = "cpu", **options) -> Load
     else:
         model, schedule, shape, num_classes = load_diffusers_unet(target, device)
     return LoadedModel(model, schedule, shape, num_classes, spec)
+
+
+def _load_two_stage(target: str, device, spec: str, options: dict) -> LoadedModel:
+    """The paper's ImageNet-256: the guided 64 px class-conditional model (`adm:64x64_diffusion.pt`)
+    then the upsampler (`upsampler=64_256_upsampler.pt`), unguided, as in the reference. (Without
+    `upsampler`, `adm:PATH --preset imagenet64to256` loads PATH as the upsampler alone.)"""
+    from dataclasses import replace
+
+    from .adm_loader import load_adm
+
+    options = dict(options)
+    options.pop("preset")
+    upsampler = options.pop("upsampler")
+    upsampler_options = options.pop("upsampler_options", {})
+    base = load_adm(target, device=device, spec=spec, preset="imagenet64", **options)
+    up = load_adm(upsampler, device=device, spec=f"adm:{upsampler}", preset="imagenet64to256", **upsampler_options)
+    return replace(base, upsampler=up)
 
 
 def load_digit_classifier(device: torch.device | str = "cpu", path: Path | None = None):
