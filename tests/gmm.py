@@ -12,6 +12,12 @@ import torch
 
 from minority_core.diffusion import NoiseSchedule
 
+# The 2-D test mixture the sampler and baseline tests share: components 2 and 3 are the minority.
+MEANS = [(-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5)]
+WEIGHTS = [0.4, 0.4, 0.15, 0.05]
+STD = 0.08
+SMALL = [2, 3]
+
 
 class GaussianMixtureDenoiser(torch.nn.Module):
     def __init__(self, means, weights, std: float, schedule: NoiseSchedule) -> None:

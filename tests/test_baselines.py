@@ -21,12 +21,8 @@ from minority_core.baselines import (
 from minority_core.baselines.minority_classifier import level_accuracy
 from minority_core.diffusion import NoiseSchedule
 from minority_core.sampling import ancestral_sample
-from tests.gmm import GaussianMixtureDenoiser
+from tests.gmm import MEANS, SMALL, STD, WEIGHTS, GaussianMixtureDenoiser
 
-MEANS = [(-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5)]  # the 2-D mixture of test_sampling
-WEIGHTS = [0.4, 0.4, 0.15, 0.05]  # components 2 and 3 are the minority
-STD = 0.08
-SMALL = [2, 3]
 
 
 @pytest.fixture(scope="module")

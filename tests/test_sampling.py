@@ -11,12 +11,8 @@ import torch
 from minority_core.diffusion import NoiseSchedule
 from minority_core.guidance import MinorityGuidance, l2_distance, minority_gradient, minority_loss
 from minority_core.sampling import NonFiniteSampleError, ancestral_sample, ddim_sample
-from tests.gmm import GaussianMixtureDenoiser
+from tests.gmm import MEANS, SMALL, STD, WEIGHTS, GaussianMixtureDenoiser
 
-MEANS = [(-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5)]
-WEIGHTS = [0.4, 0.4, 0.15, 0.05]  # components 2 and 3 are the minority
-STD = 0.08
-SMALL = [2, 3]
 
 
 @pytest.fixture(scope="module")
