@@ -12,7 +12,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.config import SynthesisConfig
-from flows.datasets import get_dataset
+from flows.datasets import DatasetEntry, get_dataset
 from flows.scoring import build_reference, score
 from flows.synthesize import synthesize
 
@@ -23,16 +23,21 @@ def _dataset_run_name() -> str:
 
 def dataset_config(dataset: str, **overrides) -> SynthesisConfig:
     """The SynthesisConfig a dataset entry describes, with non-None overrides applied."""
-    entry = get_dataset(dataset)
+    return entry_config(get_dataset(dataset), **overrides)
+
+
+def entry_config(entry: DatasetEntry, **overrides) -> SynthesisConfig:
+    """`dataset_config` for an entry already loaded (e.g. from a file outside the datasets folder)."""
     now = dt.datetime.now(dt.timezone.utc)
     guidance = entry.guidance.model_dump()
     fields = dict(
         model=entry.model, preset=entry.preset, extractor=entry.reference.extractor,
         reference=entry.reference_url, reference_source=entry.reference_source,
-        out=f"{entry.output_url}/{dataset}-{now:%Y%m%d-%H%M%S}", arm="guided",
+        out=f"{entry.output_url}/{entry.name}-{now:%Y%m%d-%H%M%S}", arm="guided",
         seed=entry.run.seed if entry.run.seed is not None else int(f"{now:%Y%m%d}"),
         **{k: v for k, v in entry.run.model_dump().items() if k != "seed"},
         **guidance,
+        **entry.prompt_fields(),
     )
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if fields.get("guidance_scale") == 0:

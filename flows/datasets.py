@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATASETS_DIR = Path(os.environ.get("MINORITY_DATASETS_DIR", PROJECT_ROOT / "deployments" / "datasets"))
@@ -38,6 +38,21 @@ class GuidanceEntry(_Strict):
     mc_samples: int | None = Field(default=None, ge=1)
     steps: int | None = Field(default=None, ge=2)
     sampler: Literal["ancestral", "ddim"] = "ancestral"
+
+
+class PromptsEntry(_Strict):
+    """Text-to-image (latent:) datasets: the prompts, inline (`items`) or a file of one per line."""
+
+    items: list[str] | None = Field(default=None, min_length=1)
+    file: str | None = None
+    cfg_scale: float | None = Field(default=None, ge=0)
+    negative_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "PromptsEntry":
+        if (self.items is None) == (self.file is None):
+            raise ValueError("give the prompts as items (a list) or file (a path), exactly one of them")
+        return self
 
 
 class RunEntry(_Strict):
@@ -68,6 +83,7 @@ class DatasetEntry(_Strict):
     reference: ReferenceEntry
     output: str
     guidance: GuidanceEntry = GuidanceEntry()
+    prompts: PromptsEntry | None = None
     run: RunEntry = RunEntry()
     schedule: ScheduleEntry = ScheduleEntry()
     tags: list[str] = []
@@ -79,6 +95,25 @@ class DatasetEntry(_Strict):
 
         parse_spec(value)
         return value
+
+    @model_validator(mode="after")
+    def _prompts_match_model(self) -> "DatasetEntry":
+        text_model = self.model.startswith("latent:")
+        if text_model and self.prompts is None:
+            raise ValueError("a latent: (text-to-image) model needs a prompts section (items or file)")
+        if self.prompts is not None and not text_model:
+            raise ValueError("prompts apply to latent: (text-to-image) models only")
+        return self
+
+    def prompt_fields(self) -> dict:
+        """SynthesisConfig's text fields (empty for pixel models); a prompts file is read now,
+        relative to the project root, so a run records the prompts themselves."""
+        if self.prompts is None:
+            return {}
+        from minority_core.models.latent import read_prompts_file
+
+        items = self.prompts.items if self.prompts.items is not None else read_prompts_file(self.resolve(self.prompts.file))
+        return {"prompts": items, "cfg_scale": self.prompts.cfg_scale, "negative_prompt": self.prompts.negative_prompt}
 
     def resolve(self, path: str) -> str:
         """URLs stay as they are; relative local paths are taken from the project root."""

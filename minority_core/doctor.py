@@ -1,7 +1,7 @@
 """`minority-synth doctor`: which weight files and accelerators this machine has, and what each unlocks.
 
 Every optional capability of the product rests on a file we never download (LPIPS, Inception,
-ADM checkpoints) or on hardware; the doctor looks in the exact places the loaders look, offline,
+ADM checkpoints), an optional package (transformers) or hardware; the doctor looks in the exact places the loaders look, offline,
 so "missing" here means the matching command would fail with the same path in its error.
 """
 
@@ -46,6 +46,7 @@ def doctor_report() -> list[Check]:
         _inception_check(),
         *_adm_checks(),
         *_bundled_checks(),
+        _transformers_check(),
         _faiss_gpu_check(),
         _torch_cuda_check(),
     ]
@@ -107,6 +108,15 @@ def _bundled_checks() -> list[Check]:
         _folder_check("bundled demo model", digits, unet, "--model bundled:digits, minority-synth demo"),
         _files_check("bundled digit classifier", [digits / "classifier.safetensors"], "digit labels and the demo-classifier feature extractor"),
     ]
+
+
+def _transformers_check() -> Check:
+    """latent: pipelines name their text encoder's class; Stable Diffusion's is transformers' CLIPTextModel."""
+    import importlib.util
+
+    present = importlib.util.find_spec("transformers") is not None
+    detail = "" if present else "pip install 'minority-synth[text]'"
+    return Check("transformers (text encoders)", "import transformers", present, "--model latent:PATH with a CLIP text encoder (Stable Diffusion layout)", detail)
 
 
 def _faiss_gpu_check() -> Check:

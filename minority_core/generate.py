@@ -7,6 +7,7 @@ shard k do not depend on how many workers ran the job or in which order shards f
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import math
 from functools import lru_cache
 from typing import Literal
 
@@ -42,8 +43,21 @@ class SamplerConfig:
     skip: int = 3  # boost-and-skip: first grid steps skipped
     classifier: str | None = None  # minority-classifier: folder of a trained level classifier
     classifier_scale: float = 3.5  # minority-classifier: classifier-guidance scale
+    # text-to-image (latent:) models only: sample k of a run gets prompts[k mod len(prompts)]
+    prompts: tuple[str, ...] | None = None
+    cfg_scale: float = 7.5  # classifier-free guidance scale (1 = conditional only)
+    negative_prompt: str = ""  # the unconditional branch of CFG
 
     def __post_init__(self) -> None:
+        if self.prompts is not None:
+            prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise ValueError("prompts must be a non-empty list of strings (one per line in a prompts file)")
+            object.__setattr__(self, "prompts", prompts)
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be a finite number ≥ 0, got {self.cfg_scale!r}")
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string, got {self.negative_prompt!r}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method != "self-guided" and self.guidance is not None:
@@ -62,8 +76,15 @@ class SamplerConfig:
             raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
 
     def to_dict(self) -> dict:
+        """JSON-ready; the text fields appear only when there are prompts, so the identity (and
+        hash) of a run of a pixel model does not carry them."""
         data = asdict(self)
         data["guidance"] = None if self.guidance is None else self.guidance.to_dict()
+        if self.prompts is None:
+            for key in ("prompts", "cfg_scale", "negative_prompt"):
+                data.pop(key)
+        else:
+            data["prompts"] = list(self.prompts)
         return data
 
 
@@ -79,18 +100,62 @@ def generate(
     seed: int,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    first_index: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """`num_samples` images in [−1, 1] (float NCHW, on CPU) and their class labels if conditional."""
+    """`num_samples` images in [−1, 1] (float NCHW, on CPU) and their class labels if conditional.
+
+    `first_index` is the run-wide index of the first sample: it picks the samples' prompts
+    (`sample_prompts`) for text-to-image models, and is unused otherwise.
+    """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
+    check_model_fits(loaded.spec, config)
     generator = torch.Generator().manual_seed(seed)
     labels = _class_labels(loaded, num_samples, config, generator)
+    prompts = sample_prompts(config, first_index, num_samples)
     chunks = []
     for start in range(0, num_samples, config.batch_size):
         n = min(config.batch_size, num_samples - start)
         y = None if labels is None else labels[start : start + n].to(device)
-        chunks.append(_sample_batch(loaded, (n, *loaded.shape), config, generator, y, device, progress).clamp(-1, 1).cpu())
+        if loaded.latent is not None:
+            batch = _sample_latent_batch(loaded, prompts[start : start + n], config, generator, progress)
+        else:
+            batch = _sample_batch(loaded, (n, *loaded.shape), config, generator, y, device, progress)
+        chunks.append(batch.clamp(-1, 1).cpu())
     return torch.cat(chunks), labels
+
+
+def check_model_fits(spec: str, config: SamplerConfig) -> None:
+    """Prompts go with text-to-image (latent:) models and only there; those run the two samplers
+    self-guided or standard (the baselines' classifier and pixel-space clipping do not apply).
+    Checked from the spec alone, so the CLI and the flow refuse a mismatch before loading anything."""
+    if not str(spec).startswith("latent:"):
+        if config.prompts is not None:
+            raise ValueError(f"prompts apply to text-to-image (latent:) models only; {spec} is not one: drop --prompt/--prompts-file")
+        return
+    if config.prompts is None:
+        raise ValueError(f"{spec} is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE (one prompt per line)")
+    if config.method not in ("self-guided", "standard"):
+        raise ValueError(f"method {config.method!r} is not available for latent: models; use self-guided or standard")
+    if config.guidance is not None and config.guidance.distance != "l2":
+        raise ValueError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents (pass --distance l2)")
+
+
+def sample_prompts(config: SamplerConfig, first_index: int, count: int) -> list[str] | None:
+    """The prompts of samples first_index … first_index+count−1 of a run (None without prompts):
+    sample k gets prompts[k mod len], whatever the shard size or number of workers."""
+    if config.prompts is None:
+        return None
+    from .models.latent import shard_prompts
+
+    return shard_prompts(config.prompts, first_index, count)
+
+
+def _sample_latent_batch(loaded: LoadedModel, prompts: list[str], config: SamplerConfig, generator, progress) -> torch.Tensor:
+    pipe = loaded.latent
+    latents = pipe.sample_latents(prompts, config.guidance, config.steps, config.cfg_scale, generator, config.sampler,
+                                  negative_prompt=config.negative_prompt, eta=config.eta, progress=progress)
+    return pipe.decode(latents, batch_size=len(prompts))
 
 
 def _sample_batch(loaded: LoadedModel, shape, config: SamplerConfig, generator, y, device, progress) -> torch.Tensor:

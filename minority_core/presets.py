@@ -20,6 +20,10 @@ DIGITS = dict(GENERIC, steps=100, guidance_scale=3.0, perturb_ratio=0.4, every=2
 
 PRESETS = {"bundled:digits": DIGITS}
 
+# latent: (Stable-Diffusion-style) pipelines: 50 steps as diffusers' pipelines, L2 on latents (LPIPS
+# needs images). w is the generic 0.4 and untuned: latents are not [−1, 1] pixels (DESIGN §7).
+LATENT = dict(GENERIC, steps=50)
+
 
 def defaults_for(spec: str, preset: str | None = None) -> dict:
     """The sampling defaults for a model spec: the bundled model's tuned ones, the paper's for an
@@ -31,6 +35,8 @@ def defaults_for(spec: str, preset: str | None = None) -> dict:
             raise ValueError(f"unknown ADM preset {preset!r}: use one of {', '.join(PAPER_GUIDANCE)}")
         paper = PAPER_GUIDANCE[preset]
         return dict(GENERIC, guidance_scale=paper["scale"], **{k: paper[k] for k in ("perturb_ratio", "every", "scale_type", "distance", "steps")})
+    if spec.startswith("latent:"):
+        return dict(LATENT)
     return dict(PRESETS.get(spec, GENERIC))
 
 
@@ -54,9 +60,12 @@ def sampler_config_for(
     skip: int | None = None,
     classifier: str | None = None,
     classifier_scale: float | None = None,
+    prompts: list[str] | tuple[str, ...] | None = None,
+    cfg_scale: float | None = None,
+    negative_prompt: str | None = None,
 ):
     """A validated SamplerConfig: given values win, the model's preset fills the rest; w = 0 is standard sampling."""
-    from .generate import SamplerConfig
+    from .generate import SamplerConfig, check_model_fits
     from .guidance import MinorityGuidance
 
     d = defaults_for(spec, preset)
@@ -72,4 +81,9 @@ def sampler_config_for(
             stop_ratio=float(v["stop_ratio"]), scale_type=v["scale_type"], distance=v["distance"], mc_samples=v["mc_samples"],
         )
     baseline = {k: val for k, val in dict(gamma=gamma, skip=skip, classifier_scale=classifier_scale if classifier_scale is not None else d.get("classifier_scale")).items() if val is not None}
-    return SamplerConfig(method=method, sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size, classifier=classifier, **baseline)
+    text = {k: val for k, val in dict(prompts=prompts, cfg_scale=cfg_scale, negative_prompt=negative_prompt).items() if val is not None}
+    if prompts is None and text:
+        raise ValueError(f"{', '.join(sorted(text))} given without prompts: pass --prompt TEXT or --prompts-file FILE")
+    config = SamplerConfig(method=method, sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size, classifier=classifier, **baseline, **text)
+    check_model_fits(spec, config)
+    return config

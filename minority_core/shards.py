@@ -98,6 +98,7 @@ _HF_FEATURES = {
     "label": {"dtype": "int32", "_type": "Value"},
     "guidance": {"dtype": "float32", "_type": "Value"},
     "arm": {"dtype": "string", "_type": "Value"},
+    "prompt": {"dtype": "string", "_type": "Value"},
 }
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -110,6 +111,7 @@ SAMPLES_SCHEMA: pa.Schema = pa.schema(
         pa.field("label", pa.int32(), nullable=True),
         pa.field("guidance", pa.float32()),
         pa.field("arm", pa.string()),
+        pa.field("prompt", pa.string(), nullable=True),  # text-to-image models only; null otherwise
     ],
     # The `huggingface` key makes datasets.load_dataset("parquet", ...) decode `image` as PIL.
     metadata={"huggingface": json.dumps({"info": {"features": _HF_FEATURES}})},
@@ -177,6 +179,7 @@ def samples_table(
     labels: Sequence[int | None] | np.ndarray | None = None,
     guidance: float = 0.0,
     arm: str = "guided",
+    prompts: Sequence[str] | None = None,
 ) -> pa.Table:
     """Build a samples shard from a uint8 NHWC batch; validation errors are one-line ValueErrors."""
     arr = _check_images(images)
@@ -188,6 +191,7 @@ def samples_table(
         raise ValueError(f"arm must be a non-empty string, got {arm!r}")
     n = arr.shape[0]
     label_array = _label_array(labels, n)
+    prompt_array = _prompt_array(prompts, n)
     ids = [sample_id(shard_index, row) for row in range(n)]
     image_array = pa.StructArray.from_arrays(
         [pa.array([encode_png(img) for img in arr], pa.binary()), pa.array([f"{i}.png" for i in ids], pa.string())],
@@ -200,8 +204,20 @@ def samples_table(
         label_array,
         pa.array(np.full(n, scale, dtype=np.float32)),
         pa.array([arm] * n, pa.string()),
+        prompt_array,
     ]
     return pa.Table.from_arrays(columns, schema=SAMPLES_SCHEMA)
+
+
+def _prompt_array(prompts: Any, n: int) -> pa.Array:
+    """The text prompt of each sample (text-to-image models), or nulls."""
+    if prompts is None:
+        return pa.nulls(n, pa.string())
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be a list of strings, one per image")
+    if len(prompts) != n:
+        raise ValueError(f"prompts has {len(prompts)} entries but there are {n} images")
+    return pa.array(list(prompts), pa.string())
 
 
 def _check_images(images: Any) -> np.ndarray:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import SamplerConfig, generate
+from .generate import SamplerConfig, generate, sample_prompts
 from .images import to_uint8_nhwc
 from .labeling import label_samples
 from .models import load_model
@@ -54,15 +54,17 @@ class ShardWorker:
             self.extractor = get_extractor(extractor, device=device)
         self.arm = arm
 
-    def generate_shard(self, index: int, rows: int, seed: int) -> ShardResult:
-        """Generate shard `index` (`rows` samples from `seed`), write samples (+ features), return records."""
+    def generate_shard(self, index: int, rows: int, seed: int, first_index: int) -> ShardResult:
+        """Generate shard `index` (`rows` samples from `seed`; `first_index` = the run-wide index of
+        its first sample, which picks prompts), write samples (+ features), return records."""
         import os
 
         start = time.monotonic()
-        images, class_labels = generate(self.loaded, rows, self.config, seed, self.device)
+        images, class_labels = generate(self.loaded, rows, self.config, seed, self.device, first_index=first_index)
         labels = class_labels.numpy() if class_labels is not None else label_samples(self.loaded.spec, images)
         scale = 0.0 if self.config.guidance is None else self.config.guidance.scale
-        table = samples_table(to_uint8_nhwc(images), index, seed, labels=labels, guidance=scale, arm=self.arm)
+        prompts = sample_prompts(self.config, first_index, rows)
+        table = samples_table(to_uint8_nhwc(images), index, seed, labels=labels, guidance=scale, arm=self.arm, prompts=prompts)
         features_record = None
         if self.extractor is not None:
             with torch.no_grad():

@@ -55,7 +55,7 @@ def one_line(exc: BaseException) -> str:
 def sampler_options(fn):
     """Options shared by `sample` and `synthesize`; None means "the model's preset default"."""
     options = [
-        click.option("--model", "model_spec", default="bundled:digits", show_default=True, help="bundled:digits, diffusers:PATH_OR_ID or adm:PATH"),
+        click.option("--model", "model_spec", default="bundled:digits", show_default=True, help="bundled:digits, diffusers:PATH_OR_ID, adm:PATH or latent:PATH (a Stable-Diffusion-layout folder)"),
         click.option("--preset", default=None, help="ADM preset for adm: specs (celeba64, lsun256, imagenet64, imagenet64to256)"),
         click.option("--upsampler", default=None, help="imagenet64to256: the 64→256 upsampler checkpoint (the --model is the 64 px one)"),
         click.option("--guidance-scale", type=float, default=None, help="w; 0 = standard sampling (no guidance). Default: the model's preset."),
@@ -72,6 +72,10 @@ def sampler_options(fn):
         click.option("--skip", type=int, default=None, help="boost-and-skip: first steps skipped (default 3)"),
         click.option("--classifier", default=None, help="minority-classifier: folder of a trained level classifier"),
         click.option("--classifier-scale", type=float, default=None, help="minority-classifier: guidance scale"),
+        click.option("--prompt", "prompt", multiple=True, help="latent: models: a text prompt (repeatable; sample k gets prompt k mod count)"),
+        click.option("--prompts-file", type=click.Path(dir_okay=False), default=None, help="latent: models: prompts, one per line (UTF-8; blank lines skipped)"),
+        click.option("--cfg-scale", type=float, default=None, help="latent: models: classifier-free guidance scale (default 7.5)"),
+        click.option("--negative-prompt", default=None, help="latent: models: the unconditional prompt of CFG (default empty)"),
         click.option("--sampler", type=click.Choice(["ancestral", "ddim"]), default="ancestral", show_default=True),
         click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM η"),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -88,8 +92,20 @@ def build_sampler_config(model_spec, preset=None, **options):
     from minority_core.presets import sampler_config_for
 
     names = ("guidance_scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "mc_samples", "steps", "sampler", "eta", "batch_size",
-             "method", "gamma", "skip", "classifier", "classifier_scale")
-    return sampler_config_for(model_spec, preset=preset, **{k: options[k] for k in names})
+             "method", "gamma", "skip", "classifier", "classifier_scale", "cfg_scale", "negative_prompt")
+    prompts = read_prompts(options["prompt"], options["prompts_file"])
+    return sampler_config_for(model_spec, preset=preset, prompts=prompts, **{k: options[k] for k in names})
+
+
+def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str] | None:
+    """`--prompt` values or the lines of `--prompts-file` (not both); None when neither is given."""
+    if prompt and prompts_file:
+        raise ValueError("give --prompt or --prompts-file, not both")
+    if not prompts_file:
+        return list(prompt) or None
+    from minority_core.models.latent import read_prompts_file
+
+    return read_prompts_file(prompts_file)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -107,7 +123,7 @@ def main():
 @friendly_errors
 def sample(out_dir, num_samples, seed, device, preset, upsampler, **options):
     """Sample in this process: writes OUT/grid.png and OUT/samples/shard-00000.parquet."""
-    from minority_core.generate import generate
+    from minority_core.generate import generate, sample_prompts
     from minority_core.images import grid_png, to_uint8_nhwc
     from minority_core.labeling import label_samples
     from minority_core.models import load_model
@@ -122,7 +138,8 @@ def sample(out_dir, num_samples, seed, device, preset, upsampler, **options):
     uint8 = to_uint8_nhwc(images)
     labels = label_samples(loaded.spec, images) if class_labels is None else class_labels.numpy()
     scale = 0.0 if config.guidance is None else config.guidance.scale
-    record = store.write_shard("samples", 0, samples_table(uint8, 0, seed, labels=labels, guidance=scale, arm=config.method))
+    prompts = sample_prompts(config, 0, num_samples)
+    record = store.write_shard("samples", 0, samples_table(uint8, 0, seed, labels=labels, guidance=scale, arm=config.method, prompts=prompts))
     (Path(out_dir) / "grid.png").write_bytes(grid_png(uint8))
     click.echo(json.dumps({"samples": num_samples, "parquet": store.url_of(record.path), "grid": str(Path(out_dir) / "grid.png")}))
 
@@ -167,10 +184,11 @@ def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_addres
     from flows.config import SynthesisConfig
 
     plain = _storage(storage_option)
+    prompts = read_prompts(sampler.pop("prompt"), sampler.pop("prompts_file"))
     config = SynthesisConfig(
         model=model_spec, preset=preset, upsampler=upsampler, num_samples=num_samples, shard_size=shard_size, out=normalise_out(out), arm=arm,
         extractor=extractor, workers=workers, ray_address=ray_address, device=device, overwrite=overwrite, seed=seed,
-        storage_options=plain, **sampler,
+        storage_options=plain, prompts=prompts, **sampler,
     )
     from flows.synthesize import synthesize as flow
 
@@ -309,10 +327,13 @@ def datasets_show(name):
 @click.argument("path", type=click.Path())
 @friendly_errors
 def datasets_validate(path):
+    """Check a dataset file (fields, schedule, and its prompts file if it names one)."""
     from flows.datasets import load_dataset_file
 
     entry = load_dataset_file(path)
-    click.echo(f"ok: {entry.name} ({entry.model}, output {entry.output_url})")
+    prompts = entry.prompt_fields().get("prompts")
+    detail = f", {len(prompts)} prompts" if prompts else ""
+    click.echo(f"ok: {entry.name} ({entry.model}, output {entry.output_url}{detail})")
 
 
 def prefect_api_url() -> str:

@@ -21,6 +21,7 @@ class ShardSpec:
     index: int
     rows: int
     seed: int
+    first_index: int  # run-wide index of the shard's first sample (picks its prompts)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def plan_shards(config) -> Plan:
         if store.clean_temporaries(kind):
             logger.warning("removed temporary files left in %s by an interrupted writer", kind)
     specs = [
-        ShardSpec(k, min(config.shard_size, config.num_samples - k * config.shard_size), shard_seed(config.seed, k))
+        ShardSpec(k, min(config.shard_size, config.num_samples - k * config.shard_size), shard_seed(config.seed, k), k * config.shard_size)
         for k in range(-(-config.num_samples // config.shard_size))
     ]
     pending = []
@@ -119,7 +120,7 @@ def generate_shard(pool, spec: ShardSpec, committer: ManifestCommitter):
     from flows.ray_pool import call
 
     with pool.borrow() as actor:
-        result = call(actor, "generate_shard", spec.index, spec.rows, spec.seed)
+        result = call(actor, "generate_shard", spec.index, spec.rows, spec.seed, spec.first_index)
     done = committer.commit(result)
     get_run_logger().info("shard %05d: %d rows in %.1f s (%d/%d committed)", spec.index, spec.rows, result.seconds, done, committer.total)
     return result

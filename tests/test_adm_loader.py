@@ -9,6 +9,8 @@ therefore keeps the 4× ratio of 64→256 at 16→64 (the upsampler's small_size
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -206,6 +208,8 @@ def test_doctor_flags_presence(tmp_path, monkeypatch) -> None:
     assert not present & {"LPIPS linear heads", "ADM lsun256", "ADM imagenet64to256", "bundled demo model"}
     assert checks["torch CUDA"].present == torch.cuda.is_available()
     assert "FAISS GPUs" in checks
+    assert checks["transformers (text encoders)"].present == (importlib.util.find_spec("transformers") is not None)
+    assert "latent:PATH" in checks["transformers (text encoders)"].unlocks
     assert str(inception) in checks["Inception-V3 (FID)"].looks_for
     assert str(models / "lsun_bedroom.pt") in checks["ADM lsun256"].looks_for
     assert "--preset celeba64" in checks["ADM celeba64"].unlocks

@@ -1,21 +1,27 @@
-"""Model loading behind one spec string: `bundled:digits`, `diffusers:PATH_OR_ID`, `adm:PATH`.
+"""Model loading behind one spec string: `bundled:digits`, `diffusers:PATH_OR_ID`, `adm:PATH`, `latent:PATH`.
 
 Every loader returns a `LoadedModel` whose `.model` follows the DESIGN §3 interface, so the
-samplers and the pipeline never know which family they run.
+samplers and the pipeline never know which family they run. The exception is `latent:` (a
+Stable-Diffusion-layout text-to-image pipeline): its denoiser depends on the prompts, so
+`LoadedModel.latent` carries the pipeline and `generate` builds the denoiser per batch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..diffusion import NoiseSchedule
 
+if TYPE_CHECKING:
+    from .latent import LatentPipeline
+
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 BUNDLED_MODELS = ("digits",)
-SCHEMES = ("bundled", "diffusers", "adm")
+SCHEMES = ("bundled", "diffusers", "adm", "latent")
 
 
 @dataclass(frozen=True)
@@ -26,13 +32,14 @@ class LoadedModel:
     num_classes: int | None
     spec: str
     upsampler: "LoadedModel | None" = None  # a second, unguided super-resolution stage (ImageNet 64→256)
+    latent: "LatentPipeline | None" = None  # latent: specs; `model` is then its UNet and `shape` the decoded image's
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """'scheme:target' → (scheme, target), with a clear error for anything else."""
     scheme, sep, target = str(spec).partition(":")
     if not sep or scheme not in SCHEMES or not target:
-        raise ValueError(f"unknown model spec {spec!r}: use bundled:digits, diffusers:PATH_OR_ID or adm:PATH")
+        raise ValueError(f"unknown model spec {spec!r}: use bundled:digits, diffusers:PATH_OR_ID, adm:PATH or latent:PATH")
     if scheme == "bundled" and target not in BUNDLED_MODELS:
         raise ValueError(f"unknown bundled model {target!r}: available: {', '.join(BUNDLED_MODELS)}")
     return scheme, target
@@ -50,6 +57,11 @@ def load_model(spec: str, device: torch.device | str = "cpu", **options) -> Load
         return load_adm(target, device=device, spec=spec, **options)
     if options:
         raise ValueError(f"options {sorted(options)} apply only to adm: specs")
+    if scheme == "latent":
+        from .latent import load_latent_pipeline
+
+        pipe = load_latent_pipeline(target, device)
+        return LoadedModel(pipe.unet, pipe.schedule, pipe.image_shape, None, spec, latent=pipe)
     from .diffusers_unet import load_diffusers_unet
 
     if scheme == "bundled":

@@ -187,6 +187,13 @@ class LatentPipeline:
     device: torch.device
     folder: str
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the decoded images: the VAE upsamples by 2 per decoder block after the first."""
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        _, h, w = self.latent_shape
+        return (int(self.vae.config.out_channels), h * factor, w * factor)
+
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Text-encoder hidden states [len(prompts), L, D] (the UNet's cross-attention input)."""
@@ -294,6 +301,23 @@ def shard_prompts(prompts: str | Sequence[str], start: int, count: int) -> list[
     return [prompts[(start + k) % len(prompts)] for k in range(count)]
 
 
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Prompts from a UTF-8 text file, one per line; blank lines are skipped, other whitespace kept."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"prompts file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"prompts file {path} is a directory: give a text file, one prompt per line") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"prompts file {path} is not UTF-8 text") from None
+    prompts = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {path} has no prompts: write one per line")
+    return prompts
+
+
 def _check_prompts(prompts, what: str) -> list[str]:
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -378,7 +402,8 @@ def _resolve_class(library: str, class_name: str, part: str):
         try:
             module = importlib.import_module(library)
         except ImportError:
-            raise ValueError(f"the {part} is a {library}.{class_name}: install {library} (pip install {library})") from None
+            extra = " (pip install 'minority-synth[text]')" if library == "transformers" else ""
+            raise ValueError(f"the {part} is a {library}.{class_name}: install {library}{extra}") from None
         cls = getattr(module, class_name, None)
     else:
         raise ValueError(f"model_index.json: {part} comes from {library!r}; only diffusers, transformers and minority_core classes are loaded")

@@ -91,7 +91,7 @@ def in_process_reference(cfg: SynthesisConfig, tmp_dir: str | Path) -> dict[str,
         expected = {}
         for k in range(-(-cfg.num_samples // cfg.shard_size)):
             rows = min(cfg.shard_size, cfg.num_samples - k * cfg.shard_size)
-            result = pool.worker.generate_shard(k, rows, shard_seed(cfg.seed, k))
+            result = pool.worker.generate_shard(k, rows, shard_seed(cfg.seed, k), k * cfg.shard_size)
             expected[result.samples.key] = result.samples.sha256
             expected[result.features.key] = result.features.sha256
         _REFERENCE_CACHE[key] = expected
