@@ -2,10 +2,6 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-export OMP_WAIT_POLICY ?= PASSIVE
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
-export RAY_AUTH_MODE ?= disabled
 
 .PHONY: venv demo test ui bench
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from minority_synth.env import apply_defaults  # noqa: E402
+
+apply_defaults()
 
 import argparse
 import statistics

@@ -43,10 +43,9 @@ import sys
 import tempfile
 
 # before prefect / ray / torch are imported (DESIGN §7)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from minority_synth.env import apply_defaults  # noqa: E402
+
+apply_defaults()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # one log line per task run would drown the soak's own lines
 _PREFECT_HOME = tempfile.mkdtemp(prefix="soak-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from minority_synth.env import apply_defaults  # noqa: E402
+
+apply_defaults()
 
 import numpy as np
 import torch

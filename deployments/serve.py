@@ -10,13 +10,13 @@ schedule), `build-reference/<name>` and `score/<name>`, tagged with dataset and 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-for key, value in {"OMP_WAIT_POLICY": "PASSIVE", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_AUTH_MODE": "disabled"}.items():
-    os.environ.setdefault(key, value)
+from minority_synth.env import apply_defaults  # noqa: E402
+
+apply_defaults()
 
 from prefect import serve  # noqa: E402
 

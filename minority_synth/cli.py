@@ -10,14 +10,9 @@ from pathlib import Path
 
 import click
 
-# Settings this machine class needs, before prefect/ray/faiss are imported (README, "Facts").
-for _key, _value in {
-    "OMP_WAIT_POLICY": "PASSIVE",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "RAY_AUTH_MODE": "disabled",
-}.items():
-    os.environ.setdefault(_key, _value)
+from minority_synth.env import apply_defaults
+
+apply_defaults()  # before prefect/ray/faiss are imported
 
 
 
@@ -415,7 +410,7 @@ def server(port, host):
     """Start `prefect server start` with the project's settings (UI at http://HOST:PORT)."""
     import subprocess
 
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = dict(os.environ)  # the project's defaults (minority_synth.env) are already in it
     click.echo(f"Prefect UI: http://{host}:{port}   (export PREFECT_API_URL=http://{host}:{port}/api)")
     raise SystemExit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env))
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from minority_synth.env import apply_defaults
+
 # Settings that must be in place before faiss / prefect / ray are imported anywhere.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+apply_defaults()
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

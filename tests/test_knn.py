@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest

@@ -3,10 +3,6 @@ DESIGN §5 definitions and of the papers' formulas, written here from full dista
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import numpy as np
 import pytest
 from scipy import linalg

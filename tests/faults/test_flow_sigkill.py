@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from minority_core.shards import ShardStore
+from minority_synth.env import DEFAULTS
 
 from .helpers import SLOW, check_output, temporaries
 
@@ -35,9 +36,7 @@ MARK = "MINORITY_FAULT_TEST_MARK"
 def cli_env(tmp_path: Path, mark: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_"))}
     env.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false", RAY_AUTH_MODE="disabled", OMP_WAIT_POLICY="PASSIVE",
-        PYTHONUNBUFFERED="1", **{MARK: mark},
+        **DEFAULTS, PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONUNBUFFERED="1", **{MARK: mark},
     )
     return env
 
