@@ -58,8 +58,8 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
     if plan.pending:
         pool = make_pool(config)
         bar = tqdm(total=plan.total, initial=plan.total - len(plan.pending), desc=f"shards ({config.arm})", unit="shard", disable=not progress)
+        in_flight = []
         try:
-            in_flight = []
             queue = list(plan.pending)
             while queue or in_flight:
                 while queue and len(in_flight) < len(pool.actors):
@@ -68,6 +68,11 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
                 in_flight.remove(done)
                 results.append(done.result())  # raises the task's error after its retries
                 bar.update(1)
+        except BaseException:
+            committer.close()
+            pool.shutdown()
+            _discard_uncommitted(store, committer, in_flight, config, logger)
+            raise
         finally:
             bar.close()
             pool.shutdown()
@@ -96,6 +101,23 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
     create_markdown_artifact(_summary_markdown(config, summary), key=f"synthesis-summary-{config.arm}", description="synthesis run summary")
     logger.info("synthesis done: %s", summary)
     return summary
+
+
+def _discard_uncommitted(store, committer, in_flight, config: SynthesisConfig, logger) -> None:
+    """After a failure: let the shards in flight end (their workers are gone or finishing), then
+    remove the shard files the manifest does not list, so a failed run leaves only committed,
+    verified shards. Best effort: the run's own error is what the caller must see."""
+    from prefect.futures import wait
+
+    from tasks.synthesis import SAMPLES, remove_uncommitted
+
+    try:
+        wait(in_flight, timeout=120)
+        removed = remove_uncommitted(store, committer.manifest, (SAMPLES, f"features/{config.resolved_extractor()}"))
+        if removed:
+            logger.warning("run failed: removed %d uncommitted shard file(s): %s", len(removed), ", ".join(removed))
+    except Exception as exc:  # noqa: BLE001 - storage may be the thing that failed; a rerun cleans up too
+        logger.warning("run failed; uncommitted shard files may remain until the next run (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _summary_markdown(config: SynthesisConfig, summary: dict) -> str:

@@ -61,6 +61,9 @@ def plan_shards(config) -> Plan:
     for kind in (SAMPLES, extractor_kind):  # temporaries of writers killed mid-write
         if store.clean_temporaries(kind):
             logger.warning("removed temporary files left in %s by an interrupted writer", kind)
+    orphans = remove_uncommitted(store, manifest, (SAMPLES, extractor_kind))
+    if orphans:
+        logger.warning("removed %d complete but uncommitted shard file(s) left by an earlier failed run: %s", len(orphans), ", ".join(orphans))
     specs = [
         ShardSpec(k, min(config.shard_size, config.num_samples - k * config.shard_size), shard_seed(config.seed, k), k * config.shard_size)
         for k in range(-(-config.num_samples // config.shard_size))
@@ -79,22 +82,50 @@ def plan_shards(config) -> Plan:
     return Plan(pending, len(specs), manifest)
 
 
+def remove_uncommitted(store: ShardStore, manifest: Manifest | None, kinds) -> list[str]:
+    """Delete shard files of `kinds` that the manifest does not list: complete files a failed run
+    wrote but never committed. Afterwards a glob over OUT/samples/ sees committed shards only."""
+    removed = []
+    for kind in kinds:
+        committed = manifest.committed(kind) if manifest is not None else set()
+        for index in store.list_indices(kind):
+            if index not in committed:
+                store.delete(kind, index)
+                removed.append(f"{kind}/{index:05d}")
+    return removed
+
+
 class ManifestCommitter:
-    """Adds finished shards to the manifest and writes it atomically; one writer (the driver)."""
+    """Adds finished shards to the manifest and writes it atomically; one writer (the driver).
+
+    `close()` ends a failed run: later commits are dropped, so the manifest stays as it was when
+    the failure was seen, and the flow can remove every shard file it does not list."""
 
     def __init__(self, store: ShardStore, manifest: Manifest, total: int, progress_id=None) -> None:
         self.store, self.manifest, self.total, self.progress_id = store, manifest, total, progress_id
         self.lock = threading.Lock()
+        self.closed = False
 
     def committed_count(self) -> int:
         return len(self.manifest.committed(SAMPLES))
 
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
     def commit(self, result) -> int:
         with self.lock:
-            for record in (result.features, result.samples):
-                if record is not None:
-                    self.manifest.add(record)
-            self.store.write_manifest(self.manifest)
+            if self.closed:
+                return self.committed_count()
+            records = [r for r in (result.features, result.samples) if r is not None]
+            for record in records:
+                self.manifest.add(record)
+            try:
+                self.store.write_manifest(self.manifest)
+            except BaseException:  # not on storage, so not committed: memory must say the same
+                for record in records:
+                    self.manifest.discard(record.kind, record.index)
+                raise
             done = self.committed_count()
         if self.progress_id is not None:
             update_progress_artifact(self.progress_id, 100.0 * done / self.total)

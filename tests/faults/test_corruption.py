@@ -72,3 +72,28 @@ def test_corruption_on_object_storage_is_detected_on_read_and_resume(tiny_diffus
     summary = run_flow(cfg)
     assert summary["generated_shards"] == 1 and summary["skipped_shards"] == 1
     check_output(store, 16, expected=reference(cfg))
+
+
+def test_uncommitted_shard_files_of_a_failed_run_are_removed_by_the_rerun(tiny_diffusers_model, tmp_path, reference):
+    """A run that died between writing a shard and committing it leaves a complete file the manifest
+    does not list (here: shard 1 forgotten by the manifest, and a stray shard 7 beyond the plan).
+    The rerun removes both before planning, regenerates shard 1, and leaves exactly the manifest's files."""
+    import shutil
+
+    out = str(tmp_path / "run")
+    cfg = make_config(tiny_diffusers_model, out)
+    run_flow(cfg)
+    store = ShardStore(out)
+    manifest = store.read_manifest()
+    for kind in ("samples", FEATURES):
+        manifest.discard(kind, 1)
+        shutil.copy(store.shard_path(kind, 0), store.shard_path(kind, 7))
+    store.write_manifest(manifest)
+    assert store.list_indices("samples") == [0, 1, 2, 7]
+
+    with task_run_messages() as messages:
+        summary = run_flow(cfg)
+    assert summary["generated_shards"] == 1 and summary["samples"] == 24
+    assert any("removed 4 complete but uncommitted shard file(s)" in m and "samples/00007" in m for m in messages), messages
+    assert store.list_indices("samples") == [0, 1, 2] == store.list_indices(FEATURES)
+    check_output(store, 24, expected=reference(cfg))
