@@ -101,8 +101,10 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
         raise ValueError(f"{run}: {scores.num_rows} scores for {samples.num_rows} samples; run `minority-synth score` first")
     images = np.stack([decode_png(cell["bytes"]) for cell in samples.column("image").to_pylist()])
     summary: dict = {"samples": samples.num_rows}
-    summary.update(precision_recall(reference_features, features, k=3))
-    summary.update(density_coverage(reference_features, features, k=5))
+    # Each needs more than k rows on both sides; a run too small for one gets "—" in the report, not a crash.
+    rows = min(len(reference_features), len(features))
+    summary.update(precision_recall(reference_features, features, k=3) if rows > 3 else {"precision": None, "recall": None})
+    summary.update(density_coverage(reference_features, features, k=5) if rows > 5 else {"density": None, "coverage": None})
     if len(features) > 1:
         summary["fid"] = fid_from_features(reference_features, features)
     model = manifest.config["model"]
@@ -116,7 +118,11 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
         summary["seconds_per_sample"] = seconds / samples.num_rows
     columns = {c: scores.column(c).to_numpy(zero_copy_only=False) for c in SCORE_COLUMNS}
     columns["in_support"] = scores.column("in_support").to_numpy(zero_copy_only=False)
-    return ArmResult(name or manifest.config.get("arm", run), columns, summary, images, scores.column("sample_id").to_pylist())
+    prompts = samples.column("prompt").to_pylist() if "prompt" in samples.column_names else []
+    if scores.column("sample_id").to_pylist() != samples.column("sample_id").to_pylist():
+        raise ValueError(f"{run}: scores and samples are not in the same order; rerun `minority-synth score`")
+    return ArmResult(name or manifest.config.get("arm", run), columns, summary, images, scores.column("sample_id").to_pylist(),
+                     prompts=prompts if prompts and all(p is not None for p in prompts) else None)
 
 
 @flow(name="report")
@@ -146,8 +152,17 @@ def report(runs: list[str], reference: str, out: str, title: str = "minority-syn
     create_table_artifact(built.table, key="minority-report-table", description=title)
     create_markdown_artifact(built.markdown, key="minority-report", description=title)
     create_link_artifact(url, link_text="report/index.html", key="minority-report-link")
+    for arm, rows in built.by_prompt.items():
+        create_table_artifact(rows, key=f"minority-report-prompts-{_artifact_slug(arm)}", description=f"{title}: {arm}, by prompt")
     get_run_logger().info("report written to %s", url)
-    return {"report": url, "table": built.table}
+    return {"report": url, "table": built.table, "by_prompt": built.by_prompt}
+
+
+def _artifact_slug(name: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes only."""
+    import re
+
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-") or "arm"
 
 
 def _manifest(store: ShardStore):

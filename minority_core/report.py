@@ -74,16 +74,20 @@ class ArmResult:
     summary: dict[str, float | None]
     images: np.ndarray | None = None
     sample_ids: list[str] | None = None
+    prompts: list[str] | None = None  # text-to-image runs: each sample's prompt (a per-prompt table follows)
 
 
 @dataclass
 class Report:
-    """A built report: the page, its plots, and the table/markdown for Prefect artifacts."""
+    """A built report: the page, its plots, and the table/markdown for Prefect artifacts.
+
+    `by_prompt` maps an arm with prompts to its per-prompt rows (see `prompt_rows`)."""
 
     html: str
     pngs: dict[str, bytes]
     table: list[dict]
     markdown: str
+    by_prompt: dict[str, list[dict]]
 
 
 # --------------------------------------------------------------------------- formatting
@@ -169,6 +173,7 @@ class _Arm:
     supported: np.ndarray | None  # True where Rarity is defined; None when neither rarity nor in_support given
     images: np.ndarray | None
     sample_ids: list[str] | None
+    prompts: list[str] | None = None
 
 
 def _check_images(name: str, images: Any, n: int | None) -> np.ndarray | None:
@@ -228,7 +233,14 @@ def _validate_arm(arm: Any) -> _Arm:
     ids = None if arm.sample_ids is None else [str(s) for s in arm.sample_ids]
     if ids is not None and n is not None and len(ids) != n:
         raise ValueError(f"arm {arm.name!r}: {len(ids)} sample_ids but {n} score rows")
-    return _Arm(arm.name, n, scores, dict(arm.summary or {}), _supported_mask(scores), images, ids)
+    prompts = None
+    if arm.prompts is not None:
+        if isinstance(arm.prompts, str) or not all(isinstance(p, str) for p in arm.prompts):
+            raise ValueError(f"arm {arm.name!r}: prompts must be a list of strings, one per sample")
+        prompts = list(arm.prompts)
+        if n is not None and len(prompts) != n:
+            raise ValueError(f"arm {arm.name!r}: {len(prompts)} prompts but {n} score rows")
+    return _Arm(arm.name, n, scores, dict(arm.summary or {}), _supported_mask(scores), images, ids, prompts)
 
 
 def _validate(arms: Any, title: Any, notes: Any, descriptions: Any) -> list[_Arm]:
@@ -492,6 +504,55 @@ class _Grid:
     ids: list[tuple[str, float]]  # (sample id, AvgkNN) of the tiles, in order
 
 
+def _tile_label(arm: _Arm, i: int) -> str:
+    label = arm.sample_ids[i] if arm.sample_ids else f"#{i}"
+    return f"{label} “{arm.prompts[i]}”" if arm.prompts is not None else label
+
+
+PROMPT_ROWS_SHOWN = 50  # the HTML table lists the prompts with the highest mean AvgkNN first
+RAREST_SHARE = 0.1  # "in the rarest 10 %": by AvgkNN within the arm
+
+
+def prompt_rows(arm: _Arm) -> list[dict[str, Any]]:
+    """Per prompt: how many samples, their mean AvgkNN and median LOF, the share out of support, and
+    the share of them among the arm's rarest 10 % by AvgkNN (1.0 = every sample of it is there; the
+    arm-wide rate is 0.1). Sorted by mean AvgkNN, rarest prompt first. Which prompts yield rare
+    samples is the question a text-to-image user asks first."""
+    if arm.prompts is None or not arm.n:
+        return []
+    prompts = np.asarray(arm.prompts, dtype=object)
+    avgknn = arm.scores.get("avgknn")
+    rarest = np.zeros(arm.n, dtype=bool)
+    if avgknn is not None and np.isfinite(avgknn).any():
+        finite = np.flatnonzero(np.isfinite(avgknn))
+        count = max(1, int(round(RAREST_SHARE * len(finite))))
+        rarest[finite[np.argsort(-avgknn[finite], kind="stable")[:count]]] = True
+    rows = []
+    for prompt in dict.fromkeys(arm.prompts):  # first-seen order, then sorted below
+        mask = prompts == prompt
+        rows.append({
+            "prompt": prompt,
+            "samples": int(mask.sum()),
+            "avgknn_mean": _stat(None if avgknn is None else avgknn[mask], np.mean),
+            "lof_median": _stat(arm.scores["lof"][mask], np.median) if "lof" in arm.scores else None,
+            "out_of_support_share": None if arm.supported is None else float((~arm.supported[mask]).mean()),
+            "rarest_share": float(rarest[mask].mean()) if avgknn is not None else None,
+        })
+    return sorted(rows, key=lambda r: (r["avgknn_mean"] is None, -(r["avgknn_mean"] or 0.0)))
+
+
+def _html_prompt_table(arm: _Arm, rows: list[dict[str, Any]]) -> str:
+    head = "<tr><th>Prompt</th><th>Samples</th><th>AvgkNN mean</th><th>LOF median</th><th>Out of support</th><th>In the rarest 10 %</th></tr>"
+    body = "".join(
+        f'<tr><td>{_esc(r["prompt"])}</td><td class="num">{r["samples"]}</td><td class="num">{_esc(format_number(r["avgknn_mean"]))}</td>'
+        f'<td class="num">{_esc(format_number(r["lof_median"]))}</td><td class="num">{_esc(format_share(r["out_of_support_share"]))}</td>'
+        f'<td class="num">{_esc(format_share(r["rarest_share"]))}</td></tr>'
+        for r in rows[:PROMPT_ROWS_SHOWN]
+    )
+    more = f'<p class="notes">{len(rows) - PROMPT_ROWS_SHOWN} more prompts not shown (all are in the Prefect artifact).</p>' if len(rows) > PROMPT_ROWS_SHOWN else ""
+    return f"<h3>{_esc(arm.name)}</h3><table><thead>{head}</thead><tbody>{body}</tbody></table>{more}"
+
+
 def _arm_grids(arm: _Arm, index: int) -> tuple[list[_Grid], str | None]:
     """The 16 rarest and 16 least rare images by AvgkNN; or why there are none."""
     if arm.images is None or len(arm.images) == 0:
@@ -507,7 +568,7 @@ def _arm_grids(arm: _Arm, index: int) -> tuple[list[_Grid], str | None]:
     grids = []
     for tag, words, order in picks:
         values = avgknn[order]
-        ids = [(arm.sample_ids[i] if arm.sample_ids else f"#{i}", float(avgknn[i])) for i in order]
+        ids = [(_tile_label(arm, i), float(avgknn[i])) for i in order]
         caption = f"{len(order)} {words}: AvgkNN {format_number(values.min())} to {format_number(values.max())}"
         grids.append(_Grid(f"grid-{index:02d}-{_slug(arm.name)}-{tag}.png", caption, _array_png(_mosaic(arm.images[order])), ids))
     return grids, None
@@ -569,11 +630,13 @@ def _html_grids(arm: _Arm, grids: list[_Grid], why_none: str | None) -> str:
     return f'<h3>{_esc(arm.name)}</h3><div class="pair">{"".join(figures)}</div>'
 
 
-def _html_page(title: str, glance: list[str], notes: list[str], table: str, plots: list[str], grids: list[str]) -> str:
+def _html_page(title: str, glance: list[str], notes: list[str], table: str, plots: list[str], grids: list[str], prompt_tables: list[str]) -> str:
     """Assemble the page; every argument is already escaped HTML except title/glance/notes."""
     glance_items = "".join(f"<li>{_esc(line)}</li>" for line in glance)
     notes_html = f'<ul class="notes">{"".join(f"<li>{_esc(n)}</li>" for n in notes)}</ul>' if notes else ""
     grid_section = f"<h2>Rarest and least rare samples by AvgkNN</h2>{''.join(grids)}" if grids else ""
+    prompt_section = (f"<h2>By prompt</h2><p class=\"notes\">Which prompts yield rare samples: rarest first; \"in the rarest 10 %\" "
+                      f"is the share of the prompt's samples among its arm's rarest 10 % by AvgkNN.</p>{''.join(prompt_tables)}") if prompt_tables else ""
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -583,7 +646,7 @@ def _html_page(title: str, glance: list[str], notes: list[str], table: str, plot
         f"{notes_html}<h2>Headline numbers</h2>{table}"
         "<p class=\"notes\">Means and medians are over each arm's scored samples; Rarity only over samples "
         "inside the reference support (out-of-support samples are counted separately, never averaged).</p>"
-        f"<h2>Score distributions</h2>{''.join(plots)}{grid_section}"
+        f"<h2>Score distributions</h2>{''.join(plots)}{prompt_section}{grid_section}"
         "<footer class=\"notes\"><p>Generated by minority_core.report.</p></footer></body></html>\n"
     )
 
@@ -644,8 +707,10 @@ def build_report(
         pngs.update({grid.file: grid.png for grid in grids})
         if grids or why_none:
             grid_html.append(_html_grids(arm, grids, why_none))
-    page = _html_page(title, glance, list(notes or []), _html_table(rows, columns, colors), plots, grid_html)
-    return Report(html=page, pngs=pngs, table=rows, markdown=_markdown(title, glance, rows, columns))
+    by_prompt = {arm.name: prompt_rows(arm) for arm in checked if arm.prompts is not None}
+    prompt_tables = [_html_prompt_table(arm, by_prompt[arm.name]) for arm in checked if by_prompt.get(arm.name)]
+    page = _html_page(title, glance, list(notes or []), _html_table(rows, columns, colors), plots, grid_html, prompt_tables)
+    return Report(html=page, pngs=pngs, table=rows, markdown=_markdown(title, glance, rows, columns), by_prompt=by_prompt)
 
 
 def _is_local(fs: Any) -> bool:

@@ -185,6 +185,20 @@ def test_flow_on_ray_writes_prompts_per_shard_resumes_and_matches_in_process(lat
     local = ShardStore(local_out).read_manifest()
     assert [r.sha256 for r in sorted(local.records("samples"), key=lambda r: r.index)] == [r.sha256 for r in records]
 
+    # scored and reported: the report has a per-prompt table (a plain-sampled run is the "real" data here)
+    from flows.scoring import build_reference, report, score
+
+    real = str(tmp_path / "real")
+    synthesize(SynthesisConfig(**{**base, "guidance_scale": 0.0, "num_samples": 8, "seed": 1}, out=real, workers=0))
+    reference = str(tmp_path / "reference")
+    build_reference(f"{real}/samples", reference, extractor="pixels", k_lof=3, k_rarity=2)
+    score(ray_out, reference, k_avg=3)
+    built = report([ray_out], reference, str(tmp_path / "report"), title="latent")
+    rows = {r["prompt"]: r for r in built["by_prompt"]["guided"]}
+    assert {p: r["samples"] for p, r in rows.items()} == {"a cat": 2, "red dog": 2, "a dog": 1}
+    page = (tmp_path / "report" / "report" / "index.html").read_text()
+    assert "By prompt" in page and all(p in page for p in PROMPTS)
+
 
 def test_synthesis_config_refuses_prompts_for_pixel_models(tmp_path):
     from flows.config import SynthesisConfig

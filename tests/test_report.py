@@ -202,3 +202,44 @@ def test_does_not_import_prefect_or_ray():
     source = open(sys.modules["minority_core.report"].__file__, encoding="utf-8").read()
     assert not re.search(r"^\s*(import|from)\s+(prefect|ray)\b", source, re.M)
     assert "matplotlib.pyplot" not in source
+
+
+# --------------------------------------------------------------------------- per prompt
+
+
+def with_prompts(arm: ArmResult, prompts: list[str]) -> ArmResult:
+    return ArmResult(arm.name, arm.scores, arm.summary, arm.images, arm.sample_ids, prompts=prompts)
+
+
+def test_by_prompt_rows_match_a_brute_force_groupby():
+    base = make_arm("guided", 0.5, seed=3)
+    n = len(base.scores["avgknn"])
+    names = ["a <b>cat</b>", "red dog", "a dog"]
+    rng = np.random.default_rng(0)
+    prompts = [names[k] for k in rng.integers(0, 3, n)]
+    built = build_report([with_prompts(base, prompts)], "t")
+    rows = {r["prompt"]: r for r in built.by_prompt["guided"]}
+    avgknn, lof = base.scores["avgknn"], base.scores["lof"]
+    supported = base.scores["in_support"] & np.isfinite(base.scores["rarity"])
+    threshold = np.sort(avgknn)[::-1][round(0.1 * n) - 1]  # all finite: the arm's rarest 10 % is avgknn >= this
+    for name in names:
+        mask = np.array(prompts) == name
+        row = rows[name]
+        assert row["samples"] == mask.sum()
+        assert row["avgknn_mean"] == pytest.approx(avgknn[mask].mean())
+        assert row["lof_median"] == pytest.approx(np.median(lof[mask]))
+        assert row["out_of_support_share"] == pytest.approx((~supported[mask]).mean())
+        assert row["rarest_share"] == pytest.approx((avgknn[mask] >= threshold).mean())
+    means = [r["avgknn_mean"] for r in built.by_prompt["guided"]]
+    assert means == sorted(means, reverse=True)  # rarest prompt first
+    assert "By prompt" in built.html and "a &lt;b&gt;cat&lt;/b&gt;" in built.html and "<b>cat</b>" not in built.html
+
+
+def test_by_prompt_only_for_arms_with_prompts_and_lengths_checked():
+    plain, guided = make_arm("standard", 0.0, seed=1), make_arm("guided", 0.5, seed=2)
+    n = len(guided.scores["avgknn"])
+    built = build_report([plain, with_prompts(guided, ["p"] * n)], "t")
+    assert list(built.by_prompt) == ["guided"] and built.by_prompt["guided"][0]["samples"] == n
+    assert "By prompt" not in build_report([plain], "t").html
+    with pytest.raises(ValueError, match="2 prompts but"):
+        build_report([with_prompts(guided, ["p", "q"])], "t")
