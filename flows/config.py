@@ -52,6 +52,8 @@ class SynthesisConfig(BaseModel):
     prompts: list[str] | None = None
     cfg_scale: float | None = Field(default=None, ge=0)
     negative_prompt: str | None = None
+    # class-conditional models (e.g. ImageNet-64): sample k gets class_labels[k mod len]; None = uniform
+    class_labels: list[int] | None = None
     batch_size: int = Field(default=256, gt=0)
     seed: int = Field(default=0, ge=0)
     extractor: str | None = None
@@ -91,7 +93,7 @@ class SynthesisConfig(BaseModel):
             stop_ratio=self.stop_ratio, scale_type=self.scale_type, distance=self.distance, mc_samples=self.mc_samples,
             steps=self.steps, sampler=self.sampler, eta=self.eta, batch_size=self.batch_size, method=self.method,
             gamma=self.gamma, skip=self.skip, classifier=self.classifier, classifier_scale=self.classifier_scale,
-            prompts=self.prompts, cfg_scale=self.cfg_scale, negative_prompt=self.negative_prompt,
+            prompts=self.prompts, cfg_scale=self.cfg_scale, negative_prompt=self.negative_prompt, class_labels=self.class_labels,
         )
 
     def resolved_extractor(self) -> str:

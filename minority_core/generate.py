@@ -38,7 +38,8 @@ class SamplerConfig:
     eta: float = 0.0
     guidance: MinorityGuidance | None = None
     batch_size: int = 256
-    class_label: int | None = None  # fixed class for class-conditional models; None draws uniformly
+    # class-conditional models: sample k of a run gets class_labels[k mod len]; None draws uniformly
+    class_labels: tuple[int, ...] | None = None
     gamma: float = 4.0  # boost-and-skip: initial-noise std multiplier (the authors' code)
     skip: int = 3  # boost-and-skip: first grid steps skipped
     classifier: str | None = None  # minority-classifier: folder of a trained level classifier
@@ -49,6 +50,11 @@ class SamplerConfig:
     negative_prompt: str = ""  # the unconditional branch of CFG
 
     def __post_init__(self) -> None:
+        if self.class_labels is not None:
+            labels = (self.class_labels,) if isinstance(self.class_labels, int) else tuple(self.class_labels)
+            if not labels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in labels):
+                raise ValueError(f"class_labels must be a non-empty list of class indices ≥ 0, got {self.class_labels!r}")
+            object.__setattr__(self, "class_labels", labels)
         if self.prompts is not None:
             prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
             if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -85,6 +91,10 @@ class SamplerConfig:
                 data.pop(key)
         else:
             data["prompts"] = list(self.prompts)
+        if self.class_labels is None:
+            data.pop("class_labels")
+        else:
+            data["class_labels"] = list(self.class_labels)
         return data
 
 
@@ -110,8 +120,9 @@ def generate(
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
     check_model_fits(loaded.spec, config)
+    check_class_labels(loaded, config)
     generator = torch.Generator().manual_seed(seed)
-    labels = _class_labels(loaded, num_samples, config, generator)
+    labels = _class_labels(loaded, num_samples, config, generator, first_index)
     prompts = sample_prompts(config, first_index, num_samples)
     chunks = []
     for start in range(0, num_samples, config.batch_size):
@@ -187,13 +198,22 @@ def _level_classifier(path: str, device: str):
     return load_level_classifier(path, device)
 
 
-def _class_labels(loaded: LoadedModel, n: int, config: SamplerConfig, generator: torch.Generator) -> torch.Tensor | None:
+def check_class_labels(loaded: LoadedModel, config: SamplerConfig) -> None:
+    """Given class labels need a class-conditional model and must be among its classes (checked
+    once the model is loaded: workers do it at start-up, before any shard is written)."""
+    if config.class_labels is None:
+        return
     if loaded.num_classes is None:
-        if config.class_label is not None:
-            raise ValueError(f"class_label given but {loaded.spec} is unconditional")
+        raise ValueError(f"--class-label given but {loaded.spec} is unconditional: drop it")
+    bad = sorted({c for c in config.class_labels if c >= loaded.num_classes})
+    if bad:
+        raise ValueError(f"class labels {bad} are out of range: {loaded.spec} has classes 0…{loaded.num_classes - 1}")
+
+
+def _class_labels(loaded: LoadedModel, n: int, config: SamplerConfig, generator: torch.Generator, first_index: int) -> torch.Tensor | None:
+    if loaded.num_classes is None:
         return None
-    if config.class_label is not None:
-        if not 0 <= config.class_label < loaded.num_classes:
-            raise ValueError(f"class_label must be in [0, {loaded.num_classes}), got {config.class_label}")
-        return torch.full((n,), config.class_label, dtype=torch.long)
+    if config.class_labels is not None:  # by run-wide index, like prompts: independent of the sharding
+        chosen = config.class_labels
+        return torch.tensor([chosen[(first_index + k) % len(chosen)] for k in range(n)], dtype=torch.long)
     return torch.randint(loaded.num_classes, (n,), generator=generator)

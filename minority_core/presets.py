@@ -63,6 +63,7 @@ def sampler_config_for(
     prompts: list[str] | tuple[str, ...] | None = None,
     cfg_scale: float | None = None,
     negative_prompt: str | None = None,
+    class_labels: list[int] | tuple[int, ...] | None = None,
 ):
     """A validated SamplerConfig: given values win, the model's preset fills the rest; w = 0 is standard sampling."""
     from .generate import SamplerConfig, check_model_fits
@@ -84,6 +85,7 @@ def sampler_config_for(
     text = {k: val for k, val in dict(prompts=prompts, cfg_scale=cfg_scale, negative_prompt=negative_prompt).items() if val is not None}
     if prompts is None and text:
         raise ValueError(f"{', '.join(sorted(text))} given without prompts: pass --prompt TEXT or --prompts-file FILE")
-    config = SamplerConfig(method=method, sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size, classifier=classifier, **baseline, **text)
+    config = SamplerConfig(method=method, sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size, classifier=classifier,
+                           class_labels=class_labels or None, **baseline, **text)
     check_model_fits(spec, config)
     return config

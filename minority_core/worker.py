@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import SamplerConfig, generate, sample_prompts
+from .generate import SamplerConfig, check_class_labels, generate, sample_prompts
 from .images import to_uint8_nhwc
 from .labeling import label_samples
 from .models import load_model
@@ -46,6 +46,7 @@ class ShardWorker:
         self.config = SamplerConfig(**{**sampler_config, "guidance": MinorityGuidance(**guidance) if guidance else None})
         self.device = device
         self.loaded = load_model(model_spec, device, **(model_options or {}))
+        check_class_labels(self.loaded, self.config)  # fails the pool's start-up, not shard 0
         self.store = ShardStore(store_url, storage_options)
         self.extractor = None
         if extractor:

@@ -71,6 +71,7 @@ def sampler_options(fn):
         click.option("--prompts-file", type=click.Path(dir_okay=False), default=None, help="latent: models: prompts, one per line (UTF-8; blank lines skipped)"),
         click.option("--cfg-scale", type=float, default=None, help="latent: models: classifier-free guidance scale (default 7.5)"),
         click.option("--negative-prompt", default=None, help="latent: models: the unconditional prompt of CFG (default empty)"),
+        click.option("--class-label", "class_labels", type=int, multiple=True, help="class-conditional models: a class index (repeatable; sample k gets label k mod count). Default: uniform"),
         click.option("--sampler", type=click.Choice(["ancestral", "ddim"]), default="ancestral", show_default=True),
         click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM η"),
         click.option("--seed", type=int, default=0, show_default=True),
@@ -87,7 +88,7 @@ def build_sampler_config(model_spec, preset=None, **options):
     from minority_core.presets import sampler_config_for
 
     names = ("guidance_scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "mc_samples", "steps", "sampler", "eta", "batch_size",
-             "method", "gamma", "skip", "classifier", "classifier_scale", "cfg_scale", "negative_prompt")
+             "method", "gamma", "skip", "classifier", "classifier_scale", "cfg_scale", "negative_prompt", "class_labels")
     prompts = read_prompts(options["prompt"], options["prompts_file"])
     return sampler_config_for(model_spec, preset=preset, prompts=prompts, **{k: options[k] for k in names})
 
@@ -118,7 +119,7 @@ def main():
 @friendly_errors
 def sample(out_dir, num_samples, seed, device, preset, upsampler, **options):
     """Sample in this process: writes OUT/grid.png and OUT/samples/shard-00000.parquet."""
-    from minority_core.generate import generate, sample_prompts
+    from minority_core.generate import check_class_labels, generate, sample_prompts
     from minority_core.images import grid_png, to_uint8_nhwc
     from minority_core.labeling import label_samples
     from minority_core.models import load_model
@@ -127,6 +128,7 @@ def sample(out_dir, num_samples, seed, device, preset, upsampler, **options):
     config = build_sampler_config(preset=preset, **options)
     model_options = {k: v for k, v in dict(preset=preset, upsampler=upsampler).items() if v}
     loaded = load_model(options["model_spec"], device, **model_options)
+    check_class_labels(loaded, config)  # before anything is written
     store = ShardStore(str(Path(out_dir).resolve()))
     store.check_writable()
     images, class_labels = generate(loaded, num_samples, config, seed, device, progress=True)
@@ -180,6 +182,7 @@ def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_addres
 
     plain = _storage(storage_option)
     prompts = read_prompts(sampler.pop("prompt"), sampler.pop("prompts_file"))
+    sampler["class_labels"] = list(sampler["class_labels"]) or None
     config = SynthesisConfig(
         model=model_spec, preset=preset, upsampler=upsampler, num_samples=num_samples, shard_size=shard_size, out=normalise_out(out), arm=arm,
         extractor=extractor, workers=workers, ray_address=ray_address, device=device, overwrite=overwrite, seed=seed,
