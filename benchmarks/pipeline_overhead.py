@@ -24,25 +24,19 @@ with workers.
 from __future__ import annotations
 
 import os
-import tempfile
 
-# before prefect / ray / torch are imported (DESIGN §7)
-from minority_synth.env import apply_defaults  # noqa: E402
+from _common import check_model, private_prefect_home  # first: env defaults before prefect / ray / torch (DESIGN §7)
 
-apply_defaults()
-_PREFECT_HOME = tempfile.mkdtemp(prefix="bench-prefect-home-")
-os.environ["PREFECT_HOME"] = _PREFECT_HOME
+_PREFECT_HOME = private_prefect_home("bench-prefect-home-")
 
 import argparse
 import dataclasses
 import shutil
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-from minority_core.models import BUNDLED_DIR, parse_spec
 
 TARGET_OVERHEAD = 0.10  # DESIGN §6
 
@@ -69,20 +63,6 @@ def parse_args() -> argparse.Namespace:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be ≥ 1")
     return args
-
-
-def check_model(spec: str) -> None:
-    try:
-        scheme, target = parse_spec(spec)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if scheme == "bundled":
-        unet = Path(BUNDLED_DIR) / target / "unet"
-        if not (unet.is_dir() and any(unet.glob("*.safetensors")) and (unet / "config.json").is_file()):
-            print(f"error: the bundled {target} model weights are absent ({unet} is missing or incomplete).\n"
-                  f"Run `minority-synth train-demo` to build them, or benchmark another model: --model diffusers:PATH", file=sys.stderr)
-            sys.exit(2)
 
 
 def make_config(args, out: str, workers: int, num_samples: int | None = None):

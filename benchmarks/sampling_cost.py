@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import os
 
-from minority_synth.env import apply_defaults  # noqa: E402
-
-apply_defaults()
+from _common import check_model  # first: env defaults before torch / faiss (DESIGN §7)
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from minority_core.guidance import MinorityGuidance
-from minority_core.models import BUNDLED_DIR, load_model, parse_spec
+from minority_core.models import load_model
 from minority_core.sampling import ancestral_sample
 
 TARGET_EVERY5 = 1.9  # DESIGN §6
@@ -81,22 +77,6 @@ def parse_args() -> argparse.Namespace:
     if args.batch_size < 1:
         p.error("--batch-size must be ≥ 1")
     return args
-
-
-def check_model(spec: str) -> None:
-    """A missing bundled model gets a hint instead of a traceback."""
-    try:
-        scheme, target = parse_spec(spec)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    if scheme == "bundled":
-        unet = Path(BUNDLED_DIR) / target / "unet"
-        has_weights = unet.is_dir() and any(unet.glob("*.safetensors")) and (unet / "config.json").is_file()
-        if not has_weights:
-            print(f"error: the bundled {target} model weights are absent ({unet} is missing or incomplete).\n"
-                  f"Run `minority-synth train-demo` to build them, or benchmark another model: --model diffusers:PATH", file=sys.stderr)
-            sys.exit(2)
 
 
 def sample_all(model, loaded, n: int, batch_size: int, steps: int, guidance, seed: int) -> None:

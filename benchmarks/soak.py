@@ -42,14 +42,10 @@ import os
 import sys
 import tempfile
 
-# before prefect / ray / torch are imported (DESIGN §7)
-from minority_synth.env import apply_defaults  # noqa: E402
+from _common import private_prefect_home  # first: env defaults before prefect / ray / torch (DESIGN §7)
 
-apply_defaults()
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # one log line per task run would drown the soak's own lines
-_PREFECT_HOME = tempfile.mkdtemp(prefix="soak-prefect-home-")
-os.environ["PREFECT_HOME"] = _PREFECT_HOME
-__import__("atexit").register(__import__("shutil").rmtree, _PREFECT_HOME, ignore_errors=True)  # also after --help / bad args
+_PREFECT_HOME = private_prefect_home("soak-prefect-home-")
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"  # moto's test credentials; actors inherit them through Ray
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
