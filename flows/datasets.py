@@ -52,6 +52,8 @@ class PromptsEntry(_Strict):
     def _one_source(self) -> "PromptsEntry":
         if (self.items is None) == (self.file is None):
             raise ValueError("give the prompts as items (a list) or file (a path), exactly one of them")
+        if self.file is not None and "://" in self.file:
+            raise ValueError(f"prompts file must be a local path (absolute, or relative to the project root), got the URL {self.file!r}")
         return self
 
 

@@ -54,7 +54,12 @@ class ActorPool:
             count = max(1, workers)
         actor_class = ray.remote(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES)(ShardWorker)
         self.actors = [actor_class.options(**resources).remote(**worker_kwargs) for _ in range(count)]
-        ray.get([a.ping.remote() for a in self.actors])  # surface model-loading errors here, once
+        try:
+            call(self.actors[0], "ping")  # surface a start-up error (bad model, bad labels) here, once, as itself
+            ray.get([a.ping.remote() for a in self.actors[1:]])
+        except BaseException:
+            self.shutdown()
+            raise
         self.idle: queue.Queue = queue.Queue()
         for actor in self.actors:
             self.idle.put(actor)
@@ -80,6 +85,7 @@ class InProcessPool:
 
     def __init__(self, worker_kwargs: dict) -> None:
         self.worker = ShardWorker(**worker_kwargs)
+        self.worker.ping()  # its start-up error, if any
         self.actors = [self.worker]
 
     @contextmanager

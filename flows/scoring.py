@@ -152,8 +152,8 @@ def report(runs: list[str], reference: str, out: str, title: str = "minority-syn
     create_table_artifact(built.table, key="minority-report-table", description=title)
     create_markdown_artifact(built.markdown, key="minority-report", description=title)
     create_link_artifact(url, link_text="report/index.html", key="minority-report-link")
-    for arm, rows in built.by_prompt.items():
-        create_table_artifact(rows, key=f"minority-report-prompts-{_artifact_slug(arm)}", description=f"{title}: {arm}, by prompt")
+    for position, (arm, rows) in enumerate(built.by_prompt.items()):
+        create_table_artifact(rows, key=f"minority-report-prompts-{position}-{_artifact_slug(arm)}", description=f"{title}: {arm}, by prompt")
     get_run_logger().info("report written to %s", url)
     return {"report": url, "table": built.table, "by_prompt": built.by_prompt}
 

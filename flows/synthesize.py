@@ -113,7 +113,13 @@ def _discard_uncommitted(store, committer, in_flight, config: SynthesisConfig, l
 
     try:
         wait(in_flight, timeout=120)
-        removed = remove_uncommitted(store, committer.manifest, (SAMPLES, f"features/{config.resolved_extractor()}"))
+        manifest = committer.manifest
+        stored = store.read_manifest()  # a manifest write that raised may still have landed: keep what it lists
+        if stored is not None:
+            for record in stored.shards.values():
+                if record.key not in manifest.shards:
+                    manifest.add(record)
+        removed = remove_uncommitted(store, manifest, (SAMPLES, f"features/{config.resolved_extractor()}"))
         if removed:
             logger.warning("run failed: removed %d uncommitted shard file(s): %s", len(removed), ", ".join(removed))
     except Exception as exc:  # noqa: BLE001 - storage may be the thing that failed; a rerun cleans up too

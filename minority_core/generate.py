@@ -204,7 +204,7 @@ def check_class_labels(loaded: LoadedModel, config: SamplerConfig) -> None:
     if config.class_labels is None:
         return
     if loaded.num_classes is None:
-        raise ValueError(f"--class-label given but {loaded.spec} is unconditional: drop it")
+        raise ValueError(f"class labels (--class-label) given but {loaded.spec} is unconditional: drop them")
     bad = sorted({c for c in config.class_labels if c >= loaded.num_classes})
     if bad:
         raise ValueError(f"class labels {bad} are out of range: {loaded.spec} has classes 0…{loaded.num_classes - 1}")

@@ -84,6 +84,8 @@ def sampler_config_for(
     baseline = {k: val for k, val in dict(gamma=gamma, skip=skip, classifier_scale=classifier_scale if classifier_scale is not None else d.get("classifier_scale")).items() if val is not None}
     text = {k: val for k, val in dict(prompts=prompts, cfg_scale=cfg_scale, negative_prompt=negative_prompt).items() if val is not None}
     if prompts is None and text:
+        if not spec.startswith("latent:"):
+            raise ValueError(f"{', '.join(sorted(text))} apply to text-to-image (latent:) models only; {spec} is not one")
         raise ValueError(f"{', '.join(sorted(text))} given without prompts: pass --prompt TEXT or --prompts-file FILE")
     config = SamplerConfig(method=method, sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size, classifier=classifier,
                            class_labels=class_labels or None, **baseline, **text)

@@ -739,6 +739,8 @@ class ShardStore:
             raise CorruptShardError(f"shard {self.url_of(rel)} is not readable Parquet: {_one_line(err)}") from err
         if record is not None and verify and table.num_rows != record.rows:
             raise CorruptShardError(f"shard {self.url_of(rel)} has {table.num_rows} rows, manifest says {record.rows}")
+        if kind == "samples" and "prompt" not in table.column_names:
+            table = _upgrade_samples(table)
         return table
 
     def _check_bytes(self, record: ShardRecord, data: bytes) -> None:
@@ -855,6 +857,13 @@ class ShardStore:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     proto = fs.protocol
     return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _upgrade_samples(table: pa.Table) -> pa.Table:
+    """A samples shard written before the `prompt` column existed reads as today's schema (null
+    prompts), so a resumed older run concatenates with its new shards."""
+    table = table.append_column(pa.field("prompt", pa.string(), nullable=True), pa.nulls(table.num_rows, pa.string()))
+    return table.replace_schema_metadata(SAMPLES_SCHEMA.metadata) if table.schema.equals(SAMPLES_SCHEMA, check_metadata=False) else table
 
 
 def _conform_samples(table: pa.Table) -> pa.Table:

@@ -40,6 +40,15 @@ class ShardWorker:
         model_options: dict | None = None,
         arm: str = "guided",
     ) -> None:
+        # A Ray actor whose constructor raises dies with ActorDiedError (a multi-line report without
+        # the cause); kept here, the error reaches the driver from `ping` as itself, in one line.
+        self.init_error: Exception | None = None
+        try:
+            self._start(model_spec, sampler_config, store_url, storage_options, device, extractor, model_options, arm)
+        except Exception as exc:  # noqa: BLE001 - re-raised by ping() and generate_shard()
+            self.init_error = exc
+
+    def _start(self, model_spec, sampler_config, store_url, storage_options, device, extractor, model_options, arm) -> None:
         from .guidance import MinorityGuidance
 
         guidance = sampler_config.get("guidance")
@@ -60,6 +69,8 @@ class ShardWorker:
         its first sample, which picks prompts), write samples (+ features), return records."""
         import os
 
+        if self.init_error is not None:
+            raise self.init_error
         start = time.monotonic()
         images, class_labels = generate(self.loaded, rows, self.config, seed, self.device, first_index=first_index)
         labels = class_labels.numpy() if class_labels is not None else label_samples(self.loaded.spec, images)
@@ -76,6 +87,9 @@ class ShardWorker:
         return ShardResult(index, samples_record, features_record, time.monotonic() - start, os.getpid())
 
     def ping(self) -> int:
+        """The worker's pid once it is ready; its start-up error otherwise."""
         import os
 
+        if self.init_error is not None:
+            raise self.init_error
         return os.getpid()

@@ -48,16 +48,24 @@ def plan_shards(config) -> Plan:
     store.check_writable()
     identity = config.output_identity()
     manifest = store.read_manifest()
-    if manifest is not None and manifest.config_hash != config_hash(identity):
+    if manifest is not None and manifest.config_hash != config_hash(identity) and not same_run(manifest.config, identity):
         if not config.overwrite:
             changed = sorted(k for k in identity if manifest.config.get(k) != identity[k])
             raise ValueError(f"{config.out} holds a run with a different config (differs in: {', '.join(changed)}); use another --out or pass --overwrite")
         logger.warning("overwrite: removing the previous run at %s", config.out)
         store.clear()
         manifest = None
+    extractor_kind = f"features/{identity['extractor']}"
+    if manifest is None and any(store.list_indices(kind) for kind in (SAMPLES, extractor_kind)):
+        # Shard files but no manifest: another tool's output (e.g. `sample --out`), or a run killed
+        # before its first commit. Never deleted without being asked.
+        if not config.overwrite:
+            raise ValueError(f"{config.out} holds shard files but no manifest.json (another command's output, or a run killed before "
+                             "its first commit): use another --out, or pass --overwrite to replace them")
+        logger.warning("overwrite: removing shard files without a manifest at %s", config.out)
+        store.clear()
     if manifest is None:  # written at the first commit, so a run that fails before it leaves nothing
         manifest = Manifest(config=identity, code_version=__version__)
-    extractor_kind = f"features/{identity['extractor']}"
     for kind in (SAMPLES, extractor_kind):  # temporaries of writers killed mid-write
         if store.clean_temporaries(kind):
             logger.warning("removed temporary files left in %s by an interrupted writer", kind)
@@ -80,6 +88,16 @@ def plan_shards(config) -> Plan:
         pending.append(spec)
     logger.info("%d shards planned, %d already committed, %d to generate", len(specs), len(specs) - len(pending), len(pending))
     return Plan(pending, len(specs), manifest)
+
+
+def same_run(recorded: dict, identity: dict) -> bool:
+    """An identity recorded by an earlier version that means the same run: before class labels
+    were a list, every sampler config carried `class_label: null`."""
+    sampler = dict(recorded.get("sampler") or {})
+    if "class_label" in sampler and sampler["class_label"] is None:
+        sampler.pop("class_label")
+        return {**recorded, "sampler": sampler} == identity
+    return False
 
 
 def remove_uncommitted(store: ShardStore, manifest: Manifest | None, kinds) -> list[str]:

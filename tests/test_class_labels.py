@@ -65,15 +65,19 @@ def test_cli_refuses_labels_for_an_unconditional_model_before_writing(tmp_path):
     assert result.exit_code == 2 and "unconditional" in result.output and not out.exists()
 
 
-@pytest.mark.usefixtures("prefect_api")
-def test_flow_refuses_out_of_range_labels_before_any_shard(conditional_model, tmp_path):
+@pytest.mark.usefixtures("prefect_api", "ray_local")
+@pytest.mark.parametrize("workers", [0, 1])
+def test_flow_refuses_out_of_range_labels_at_worker_start_in_one_line(conditional_model, tmp_path, workers):
+    """In a Ray actor too: the worker's own ValueError (not Ray's ActorDiedError report), before any shard task."""
     from flows.config import SynthesisConfig
     from flows.synthesize import synthesize
-    from minority_core.shards import ShardStore
+    from tests.faults.helpers import task_run_messages
 
-    config = SynthesisConfig(model=conditional_model, num_samples=4, shard_size=2, steps=2, out=str(tmp_path / "run"), workers=0,
+    config = SynthesisConfig(model=conditional_model, num_samples=4, shard_size=2, steps=2, out=str(tmp_path / "run"), workers=workers,
                              extractor="pixels", class_labels=[9])
-    with pytest.raises(ValueError, match="out of range"):
-        synthesize(config)
-    assert ShardStore(str(tmp_path / "run")).list_indices("samples") == []
     assert config.output_identity()["sampler"]["class_labels"] == [9]
+    with task_run_messages() as messages, pytest.raises(ValueError, match=r"class labels \[9\] are out of range") as info:
+        synthesize(config)
+    assert "\n" not in str(info.value)
+    assert not [m for m in messages if "out of range" in m]  # no shard task ran (and failed)
+    assert not (tmp_path / "run" / "samples").exists() and not (tmp_path / "run" / "manifest.json").exists()

@@ -72,6 +72,7 @@ def test_standard_method_and_ddim_run_on_latents(loaded, latent_spec):
         ("latent", {"prompts": ["a cat"], "method": "boost-and-skip"}, "not available for latent"),
         ("latent", {"prompts": ["a cat"], "distance": "lpips"}, "distance 'l2'"),
         ("latent", {"cfg_scale": 3.0}, "without prompts"),
+        ("bundled:digits", {"cfg_scale": 3.0}, "cfg_scale apply to text-to-image"),
         ("latent", {"prompts": []}, "non-empty list"),
         ("latent", {"prompts": ["a cat"], "cfg_scale": float("nan")}, "cfg_scale must be a finite"),
     ],
@@ -207,7 +208,8 @@ def test_synthesis_config_refuses_prompts_for_pixel_models(tmp_path):
         SynthesisConfig(model="bundled:digits", num_samples=2, out=str(tmp_path), prompts=["a cat"])
     with pytest.raises(ValueError, match="give --prompt"):
         SynthesisConfig(model="latent:/nowhere", num_samples=2, out=str(tmp_path))
-    assert json.loads(json.dumps(SynthesisConfig(model="latent:/nowhere", num_samples=2, out=str(tmp_path), prompts=["x"]).output_identity()))
+    identity = SynthesisConfig(model="latent:/nowhere", num_samples=2, out=str(tmp_path), prompts=["x"]).output_identity()
+    assert json.loads(json.dumps(identity))["sampler"]["prompts"] == ["x"]  # JSON-ready, as the manifest stores it
 
 
 # -- dataset entries -------------------------------------------------------------------------------
@@ -236,6 +238,7 @@ def test_example_text_to_image_dataset_validates_and_reads_its_prompts_file():
         ({"prompts": {"items": ["a"], "file": "p.txt"}}, "exactly one of them"),
         ({"prompts": {"items": []}}, "at least 1 item"),
         ({"model": "bundled:digits", "prompts": {"items": ["a"]}}, "latent: (text-to-image) models only"),
+        ({"prompts": {"file": "s3://bucket/prompts.txt"}}, "must be a local path"),
     ],
 )
 def test_dataset_prompt_mistakes_name_the_file_and_field(tmp_path, extra, message):

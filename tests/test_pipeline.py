@@ -135,6 +135,40 @@ def test_bad_config_is_refused(tmp_path, kw, message):
 
 def test_unknown_model_folder_fails_before_writing(tmp_path):
     cfg = SynthesisConfig(model=f"diffusers:{tmp_path / 'missing'}", num_samples=4, out=str(tmp_path / "out"), workers=1, extractor="pixels")
-    with pytest.raises(Exception, match="neither an existing folder nor a hub id"):
+    with pytest.raises(ValueError, match="neither an existing folder nor a hub id") as info:  # the worker's error, from its Ray actor
         run(cfg)
+    assert "\n" not in str(info.value)
     assert not (tmp_path / "out" / "manifest.json").exists() and not (tmp_path / "out" / "samples").exists()
+
+
+def test_shard_files_without_a_manifest_are_refused_unless_overwrite(tiny_diffusers_model, tmp_path):
+    """`sample --out DIR` output (a shard, no manifest) is never deleted by a synthesize run into DIR."""
+    from click.testing import CliRunner
+
+    from minority_synth.cli import main
+
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["sample", "--model", f"diffusers:{tiny_diffusers_model}", "--num-samples", "2", "--steps", "2", "--out", str(out)]).exit_code == 0
+    before = (out / "samples" / "shard-00000.parquet").read_bytes()
+    cfg = config(tiny_diffusers_model, str(out), num_samples=16, workers=0)
+    with pytest.raises(ValueError, match="holds shard files but no manifest.json .* pass --overwrite"):
+        run(cfg)
+    assert (out / "samples" / "shard-00000.parquet").read_bytes() == before and not (out / "manifest.json").exists()
+    summary = run(cfg.model_copy(update={"overwrite": True}))
+    assert summary["samples"] == 16 and ShardStore(str(out)).list_indices("samples") == [0]
+
+
+def test_a_run_recorded_by_the_previous_version_resumes(tiny_diffusers_model, tmp_path):
+    """Manifests written before class labels became a list carry `class_label: null`: same run, resumed."""
+    from minority_core.shards import Manifest
+
+    cfg = config(tiny_diffusers_model, str(tmp_path / "run"), workers=0)
+    run(cfg)
+    store = ShardStore(cfg.out)
+    current = store.read_manifest()
+    old_config = {**current.config, "sampler": {**current.config["sampler"], "class_label": None}}
+    store.write_manifest(Manifest(config=old_config, code_version="0.0.9", shards=dict(current.shards)))
+    summary = run(cfg)
+    assert summary["generated_shards"] == 0 and summary["skipped_shards"] == 3
+    with pytest.raises(ValueError, match="differs in: sampler"):  # a real difference is still refused
+        run(cfg.model_copy(update={"steps": 7}))

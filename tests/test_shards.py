@@ -530,3 +530,16 @@ def test_clean_temporaries_removes_crash_leftovers(tmp_path):
     assert store.clean_temporaries("samples") == 1
     assert local_files(tmp_path) == ["samples/shard-00000.parquet"]
     assert store.clean_temporaries("features/none") == 0
+
+
+def test_samples_shards_from_before_the_prompt_column_read_as_todays_schema(tmp_path):
+    import pyarrow.parquet as pq
+
+    table = samples_table(np.zeros((2, 4, 4, 1), np.uint8), 0, 7)
+    old = table.drop_columns(["prompt"])
+    (tmp_path / "samples").mkdir()
+    pq.write_table(old, tmp_path / "samples" / "shard-00000.parquet")
+    back = ShardStore(str(tmp_path)).read_shard(("samples", 0))
+    assert back.schema.equals(SAMPLES_SCHEMA, check_metadata=True)
+    assert back.column("prompt").null_count == 2 and back.column("sample_id").to_pylist() == old.column("sample_id").to_pylist()
+    assert pa.concat_tables([back, table]).num_rows == 4  # concatenates with new shards
