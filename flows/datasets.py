@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,6 +38,7 @@ class GuidanceEntry(_Strict):
     mc_samples: int | None = Field(default=None, ge=1)
     steps: int | None = Field(default=None, ge=2)
     sampler: Literal["ancestral", "ddim"] = "ancestral"
+    class_labels: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # class-conditional models; None = uniform
 
 
 class PromptsEntry(_Strict):

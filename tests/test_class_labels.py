@@ -81,3 +81,20 @@ def test_flow_refuses_out_of_range_labels_at_worker_start_in_one_line(conditiona
     assert "\n" not in str(info.value)
     assert not [m for m in messages if "out of range" in m]  # no shard task ran (and failed)
     assert not (tmp_path / "run" / "samples").exists() and not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_dataset_files_take_class_labels(conditional_model, tmp_path):
+    import yaml
+
+    from flows.dataset_runs import entry_config
+    from flows.datasets import load_dataset_file
+
+    entry = {"name": "cond", "model": conditional_model, "reference": {"source": "/data", "url": "/ref"}, "output": "/out",
+             "guidance": {"class_labels": [1, 3]}}
+    (tmp_path / "cond.yaml").write_text(yaml.safe_dump(entry))
+    config = entry_config(load_dataset_file(tmp_path / "cond.yaml"))
+    assert config.class_labels == [1, 3] and config.sampler_config().class_labels == (1, 3)
+    entry["guidance"]["class_labels"] = [-2]
+    (tmp_path / "cond.yaml").write_text(yaml.safe_dump(entry))
+    with pytest.raises(ValueError, match=r"cond.yaml: guidance.class_labels.0: Input should be greater than or equal to 0"):
+        load_dataset_file(tmp_path / "cond.yaml")
