@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import os
 
-from minority_synth.env import apply_defaults  # noqa: E402
-
-apply_defaults()
+import _common  # noqa: F401,E402 - first: env defaults before faiss / torch (DESIGN §7)
 
 import argparse
 import gc

@@ -13,9 +13,7 @@ import argparse
 import itertools
 import time
 
-from minority_synth.env import apply_defaults  # noqa: E402
-
-apply_defaults()
+import _common  # noqa: F401,E402 - first: env defaults before faiss / torch (DESIGN §7)
 
 import numpy as np
 import torch
