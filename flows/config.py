@@ -28,6 +28,7 @@ class SynthesisConfig(BaseModel):
     model: str = "bundled:digits"
     preset: str | None = None
     upsampler: str | None = None  # imagenet64to256: the upsampler checkpoint
+    adm_flags: list[str] = Field(default_factory=list)  # adm: architecture/diffusion flags, "key=value" (guided-diffusion names)
     num_samples: int = Field(gt=0)
     shard_size: int = Field(default=256, gt=0)
     out: str
@@ -80,6 +81,21 @@ class SynthesisConfig(BaseModel):
         return check_no_secrets(value)
 
     @model_validator(mode="after")
+    def _adm_flags_valid(self) -> "SynthesisConfig":
+        if self.adm_flags:
+            if not self.model.startswith("adm:"):
+                raise ValueError(f"adm_flags apply to adm: models only; {self.model} is not one")
+            self.model_options()
+        return self
+
+    def model_options(self) -> dict:
+        """What load_model takes besides the spec: the ADM preset, upsampler and explicit flags."""
+        from minority_core.models.adm_loader import parse_adm_flags
+
+        options = {k: v for k, v in dict(preset=self.preset, upsampler=self.upsampler).items() if v}
+        return {**options, **parse_adm_flags(self.adm_flags)}
+
+    @model_validator(mode="after")
     def _sampler_valid(self) -> "SynthesisConfig":
         self.sampler_config()  # builds MinorityGuidance / SamplerConfig: their validation applies here
         if "://" not in self.out and not self.out.startswith("/"):
@@ -105,6 +121,7 @@ class SynthesisConfig(BaseModel):
             "model": self.model,
             "preset": self.preset,
             "upsampler": self.upsampler,
+            **({"adm_flags": list(self.adm_flags)} if self.adm_flags else {}),  # absent when unused: older identities stay equal
             "num_samples": self.num_samples,
             "shard_size": self.shard_size,
             "arm": self.arm,

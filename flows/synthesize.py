@@ -37,7 +37,7 @@ def make_pool(config: SynthesisConfig):
         storage_options=config.full_storage_options(),
         device=config.device,
         extractor=config.resolved_extractor(),
-        model_options={k: v for k, v in dict(preset=config.preset, upsampler=config.upsampler).items() if v} or None,
+        model_options=config.model_options() or None,
         arm=config.arm,
     )
     if config.workers == 0:

@@ -53,6 +53,8 @@ def sampler_options(fn):
         click.option("--model", "model_spec", default="bundled:digits", show_default=True, help="bundled:digits, diffusers:PATH_OR_ID, adm:PATH or latent:PATH (a Stable-Diffusion-layout folder)"),
         click.option("--preset", default=None, help="ADM preset for adm: specs (celeba64, lsun256, imagenet64, imagenet64to256)"),
         click.option("--upsampler", default=None, help="imagenet64to256: the 64→256 upsampler checkpoint (the --model is the 64 px one)"),
+        click.option("--adm-flag", "adm_flags", multiple=True, help="adm: models: an architecture/diffusion flag, guided-diffusion's name, key=value "
+                     "(e.g. num_channels=256, attention_resolutions=32,16,8, learn_sigma=true); overrides the preset; repeatable"),
         click.option("--guidance-scale", type=float, default=None, help="w; 0 = standard sampling (no guidance). Default: the model's preset."),
         click.option("--perturb-ratio", type=float, default=None, help="s = ⌊ratio·steps⌋ for the re-noising (default 0.8)"),
         click.option("--every", type=int, default=None, help="guide every k-th step (default 5)"),
@@ -117,7 +119,7 @@ def main():
 @click.option("--num-samples", type=int, default=64, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="output folder (PNG grid + Parquet)")
 @friendly_errors
-def sample(out_dir, num_samples, seed, device, preset, upsampler, **options):
+def sample(out_dir, num_samples, seed, device, preset, upsampler, adm_flags, **options):
     """Sample in this process: writes OUT/grid.png and OUT/samples/shard-00000.parquet."""
     from minority_core.generate import check_class_labels, generate, sample_prompts
     from minority_core.images import grid_png, to_uint8_nhwc
@@ -126,7 +128,11 @@ def sample(out_dir, num_samples, seed, device, preset, upsampler, **options):
     from minority_core.shards import ShardStore, samples_table
 
     config = build_sampler_config(preset=preset, **options)
-    model_options = {k: v for k, v in dict(preset=preset, upsampler=upsampler).items() if v}
+    from minority_core.models.adm_loader import parse_adm_flags
+
+    model_options = {**{k: v for k, v in dict(preset=preset, upsampler=upsampler).items() if v}, **parse_adm_flags(adm_flags)}
+    if adm_flags and not options["model_spec"].startswith("adm:"):
+        raise ValueError(f"--adm-flag applies to adm: models only; {options['model_spec']} is not one")
     loaded = load_model(options["model_spec"], device, **model_options)
     check_class_labels(loaded, config)  # before anything is written
     store = ShardStore(str(Path(out_dir).resolve()))
@@ -176,7 +182,7 @@ def normalise_out(out: str) -> str:
 @click.option("--storage-option", "storage_option", multiple=True, help="key=value for fsspec (repeatable); credentials stay out of Prefect")
 @click.option("--overwrite", is_flag=True, help="replace a different earlier run at --out")
 @friendly_errors
-def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_address, storage_option, overwrite, seed, device, preset, upsampler, model_spec, **sampler):
+def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_address, storage_option, overwrite, seed, device, preset, upsampler, adm_flags, model_spec, **sampler):
     """Run the synthesis flow (Prefect + Ray + Parquet shards); rerunning the same command resumes."""
     from flows.config import SynthesisConfig
 
@@ -184,7 +190,7 @@ def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_addres
     prompts = read_prompts(sampler.pop("prompt"), sampler.pop("prompts_file"))
     sampler["class_labels"] = list(sampler["class_labels"]) or None
     config = SynthesisConfig(
-        model=model_spec, preset=preset, upsampler=upsampler, num_samples=num_samples, shard_size=shard_size, out=normalise_out(out), arm=arm,
+        model=model_spec, preset=preset, upsampler=upsampler, adm_flags=list(adm_flags), num_samples=num_samples, shard_size=shard_size, out=normalise_out(out), arm=arm,
         extractor=extractor, workers=workers, ray_address=ray_address, device=device, overwrite=overwrite, seed=seed,
         storage_options=plain, prompts=prompts, **sampler,
     )

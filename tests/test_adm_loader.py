@@ -239,3 +239,61 @@ def test_imagenet256_is_one_load_and_one_generate(ckpts) -> None:
     assert images.shape == (2, 3, 64, 64) and torch.isfinite(images).all() and labels.shape == (2,)
     with pytest.raises(ValueError, match="self-guided or standard ancestral sampling only"):
         generate(loaded, 1, SamplerConfig(steps=3, method="boost-and-skip"), seed=0)
+
+
+# --------------------------------------------------------------------------- explicit flags from the CLI / flow
+
+
+def tiny_flag_args(flags: dict) -> list[str]:
+    return [arg for key, value in flags.items() for arg in ("--adm-flag", f"{key}={value}")]
+
+
+def test_parse_adm_flags_types_and_errors() -> None:
+    from minority_core.models.adm_loader import parse_adm_flags
+
+    assert parse_adm_flags(["num_channels=256", "learn_sigma=true", "attention_resolutions=32,16,8", "num_classes=none", "dropout=0.1",
+                            "noise-schedule=linear"]) == {
+        "num_channels": 256, "learn_sigma": True, "attention_resolutions": "32,16,8", "num_classes": None, "dropout": 0.1, "noise_schedule": "linear"}
+    for bad, message in [("num_channels=wide", "takes an integer"), ("learn_sigma=yes", "true or false"), ("colour=red", "unknown ADM flag 'colour'"),
+                         ("num_channels", "key=value"), ("image_size=none", "takes an integer")]:
+        with pytest.raises(ValueError, match=message):
+            parse_adm_flags([bad])
+
+
+def test_cli_sample_with_explicit_adm_flags(ckpts, tmp_path) -> None:
+    """`--preset celeba64` plus `--adm-flag`s describing the reduced checkpoint: the CLI builds and loads it."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from minority_core.shards import ShardStore
+    from minority_synth.cli import main
+
+    out = tmp_path / "run"
+    args = ["sample", "--model", "adm:" + ckpts["celeba_tiny"], "--preset", "celeba64", *tiny_flag_args(TINY), "--distance", "l2",
+            "--steps", "3", "--num-samples", "2", "--out", str(out)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = ShardStore(str(out)).read_shard(("samples", 0))
+    assert Image.open(__import__("io").BytesIO(table.column("image")[0].as_py()["bytes"])).size == (16, 16)
+
+    without = CliRunner().invoke(main, [a for a in args if a not in tiny_flag_args(TINY)] + ["--out", str(tmp_path / "other")])
+    assert without.exit_code == 2 and "\n" not in without.output.strip()  # the full-size preset does not fit the reduced weights
+    wrong = CliRunner().invoke(main, ["sample", "--adm-flag", "num_channels=32", "--out", str(tmp_path / "x")])
+    assert wrong.exit_code == 2 and "applies to adm: models only" in wrong.output
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_synthesis_config_carries_adm_flags_to_the_workers(ckpts, tmp_path) -> None:
+    from flows.config import SynthesisConfig
+    from flows.synthesize import synthesize
+
+    flags = [f"{k}={v}" for k, v in TINY.items()]
+    config = SynthesisConfig(model="adm:" + ckpts["celeba_tiny"], preset="celeba64", adm_flags=flags, num_samples=3, shard_size=2, steps=2,
+                             distance="l2", out=str(tmp_path / "run"), workers=0, extractor="pixels")
+    assert config.output_identity()["adm_flags"] == flags
+    assert "adm_flags" not in SynthesisConfig(model="bundled:digits", num_samples=2, out=str(tmp_path)).output_identity()
+    assert synthesize(config)["samples"] == 3
+    with pytest.raises(ValueError, match="adm_flags apply to adm: models only"):
+        SynthesisConfig(model="bundled:digits", adm_flags=["num_channels=32"], num_samples=2, out=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown ADM flag 'width'"):
+        SynthesisConfig(model="adm:/x.pt", preset="celeba64", adm_flags=["width=3"], num_samples=2, out=str(tmp_path))

@@ -135,6 +135,49 @@ def load_adm(
     )
 
 
+# How each flag's text (`--adm-flag key=value`, guided-diffusion's MODEL_FLAGS spelling) is read.
+_BOOL_FLAGS = ("learn_sigma", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "use_fp16", "super_res")
+_INT_FLAGS = ("image_size", "num_channels", "num_res_blocks", "num_heads", "num_head_channels", "num_heads_upsample", "num_classes",
+              "diffusion_steps", "small_size")
+_FLOAT_FLAGS = ("dropout",)
+_TEXT_FLAGS = ("channel_mult", "attention_resolutions", "noise_schedule")
+
+
+def parse_adm_flags(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["num_channels=256", "learn_sigma=true", "attention_resolutions=32,16,8"]` → typed flags.
+
+    Integers, floats and booleans (true/false) as the flag takes them; `none` for the optional
+    integers; comma lists stay text as guided-diffusion writes them. One-line errors naming the flag."""
+    flags: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = str(pair).partition("=")
+        key, text = key.strip().replace("-", "_"), text.strip()
+        if not sep or not key or not text:
+            raise ValueError(f"--adm-flag must be key=value (e.g. num_channels=256), got {pair!r}")
+        if key in _BOOL_FLAGS:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"ADM flag {key} takes true or false, got {text!r}")
+            flags[key] = text.lower() in ("true", "1")
+        elif key in _INT_FLAGS:
+            if text.lower() in ("none", "null") and key in ("num_head_channels", "num_heads_upsample", "num_classes", "small_size"):
+                flags[key] = None
+            else:
+                try:
+                    flags[key] = int(text)
+                except ValueError:
+                    raise ValueError(f"ADM flag {key} takes an integer, got {text!r}") from None
+        elif key in _FLOAT_FLAGS:
+            try:
+                flags[key] = float(text)
+            except ValueError:
+                raise ValueError(f"ADM flag {key} takes a number, got {text!r}") from None
+        elif key in _TEXT_FLAGS:
+            flags[key] = text
+        else:
+            raise ValueError(f"unknown ADM flag {key!r}; valid: {', '.join([*_BOOL_FLAGS, *_INT_FLAGS, *_FLOAT_FLAGS, *_TEXT_FLAGS])}")
+    return flags
+
+
 def _resolve_flags(preset: str | None, flags: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
     """(architecture flags, diffusion settings) from a preset and explicit flags."""
     defaults = _arch()
