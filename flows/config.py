@@ -90,10 +90,13 @@ class SynthesisConfig(BaseModel):
 
     def model_options(self) -> dict:
         """What load_model takes besides the spec: the ADM preset, upsampler and explicit flags."""
+        options = {k: v for k, v in dict(preset=self.preset, upsampler=self.upsampler).items() if v}
+        return {**options, **self.model_options_flags()}
+
+    def model_options_flags(self) -> dict:
         from minority_core.models.adm_loader import parse_adm_flags
 
-        options = {k: v for k, v in dict(preset=self.preset, upsampler=self.upsampler).items() if v}
-        return {**options, **parse_adm_flags(self.adm_flags)}
+        return parse_adm_flags(self.adm_flags)
 
     @model_validator(mode="after")
     def _sampler_valid(self) -> "SynthesisConfig":
@@ -121,7 +124,8 @@ class SynthesisConfig(BaseModel):
             "model": self.model,
             "preset": self.preset,
             "upsampler": self.upsampler,
-            **({"adm_flags": list(self.adm_flags)} if self.adm_flags else {}),  # absent when unused: older identities stay equal
+            # parsed and sorted: spellings of the same flags are the same run; absent when unused (older identities stay equal)
+            **({"adm_flags": dict(sorted(self.model_options_flags().items()))} if self.adm_flags else {}),
             "num_samples": self.num_samples,
             "shard_size": self.shard_size,
             "arm": self.arm,

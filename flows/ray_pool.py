@@ -55,8 +55,8 @@ class ActorPool:
         actor_class = ray.remote(max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=ACTOR_MAX_TASK_RETRIES)(ShardWorker)
         self.actors = [actor_class.options(**resources).remote(**worker_kwargs) for _ in range(count)]
         try:
-            call(self.actors[0], "ping")  # surface a start-up error (bad model, bad labels) here, once, as itself
-            ray.get([a.ping.remote() for a in self.actors[1:]])
+            for actor in self.actors:  # they start in parallel; a start-up error (bad model, labels, GPU) comes back as itself
+                call(actor, "ping")
         except BaseException:
             self.shutdown()
             raise

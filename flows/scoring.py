@@ -61,25 +61,42 @@ def score(run: str, reference: str, k_avg: int = 5, storage_options: dict | None
 
 
 @flow(name="filter")
-def filter_samples(run: str, metric: str = "avgknn", top_q: float | None = 0.1, threshold: float | None = None, name: str | None = None, storage_options: dict | None = None) -> dict:
+def filter_samples(run: str, metric: str = "avgknn", top_q: float | None = 0.1, threshold: float | None = None, name: str | None = None,
+                   storage_options: dict | None = None, per_prompt: bool = False) -> dict:
     """Keep the rarest samples by a score (top fraction, or above a threshold); writes a selection
-    list `selections/<name>.parquet` (sample ids + score), never a second copy of the images."""
+    list `selections/<name>.parquet` (sample ids + score, + prompt for text-to-image runs), never a
+    second copy of the images. `per_prompt`: the top fraction of each prompt's samples (at least
+    one each), so every prompt contributes its own rare cases rather than the rarest prompt all."""
     if metric not in SCORE_COLUMNS:
         raise ValueError(f"metric must be one of {', '.join(SCORE_COLUMNS)}, got {metric!r}")
     if (top_q is None) == (threshold is None):
         raise ValueError("give exactly one of top_q (a fraction in (0, 1]) or threshold")
     if top_q is not None and not 0 < top_q <= 1:
         raise ValueError(f"top_q must be in (0, 1], got {top_q}")
+    if per_prompt and top_q is None:
+        raise ValueError("per_prompt selects a top fraction of each prompt's samples: give top_q, not threshold")
     store = ShardStore(run, resolve_storage_options(storage_options))
     manifest = _manifest(store)
     scores = read_kind(store, manifest.records(f"scores/{manifest.config['extractor']}"))
     if scores.num_rows == 0:
         raise ValueError(f"{run} has no scores yet: run `minority-synth score` first")
+    prompts = _prompts_by_score_row(store, manifest, scores)
+    if per_prompt and prompts is None:
+        raise ValueError(f"{run} has no prompts (not a text-to-image run): drop per_prompt")
     values = np.nan_to_num(scores.column(metric).to_numpy(zero_copy_only=False), nan=-np.inf)
-    keep = np.argsort(-values, kind="stable")[: max(1, int(round(top_q * len(values))))] if top_q is not None else np.flatnonzero(values > threshold)
+    if per_prompt:
+        groups = np.asarray(prompts, dtype=object)
+        keep = np.concatenate([_top(np.flatnonzero(groups == p), values, top_q) for p in dict.fromkeys(prompts)])
+    elif top_q is not None:
+        keep = _top(np.arange(len(values)), values, top_q)
+    else:
+        keep = np.flatnonzero(values > threshold)
     keep = np.sort(keep)
-    selection = pa.table({"sample_id": scores.column("sample_id").take(keep), metric: scores.column(metric).take(keep)})
-    name = name or (f"top-{top_q:g}-{metric}" if top_q is not None else f"{metric}-above-{threshold:g}")
+    columns = {"sample_id": scores.column("sample_id").take(keep), metric: scores.column(metric).take(keep)}
+    if prompts is not None:
+        columns["prompt"] = pa.array([prompts[i] for i in keep], pa.string())
+    selection = pa.table(columns)
+    name = name or (f"top-{top_q:g}-{metric}" + ("-per-prompt" if per_prompt else "") if top_q is not None else f"{metric}-above-{threshold:g}")
     record = store.write_shard(f"selections/{name}", 0, selection)
     return {"run": run, "selected": int(len(keep)), "of": int(scores.num_rows), "selection": store.url_of(record.path)}
 
@@ -156,6 +173,24 @@ def report(runs: list[str], reference: str, out: str, title: str = "minority-syn
         create_table_artifact(rows, key=f"minority-report-prompts-{position}-{_artifact_slug(arm)}", description=f"{title}: {arm}, by prompt")
     get_run_logger().info("report written to %s", url)
     return {"report": url, "table": built.table, "by_prompt": built.by_prompt}
+
+
+def _top(rows: np.ndarray, values: np.ndarray, top_q: float) -> np.ndarray:
+    """The top `top_q` fraction of `rows` by value (at least one; ties keep the earlier row)."""
+    order = rows[np.argsort(-values[rows], kind="stable")]
+    return order[: max(1, int(round(top_q * len(rows))))]
+
+
+def _prompts_by_score_row(store: ShardStore, manifest, scores: pa.Table) -> list[str] | None:
+    """Each scored sample's prompt (None for runs without prompts), matched by sample id. Only a
+    text-to-image run (prompts in its recorded sampler config) has its samples shards read."""
+    if not (manifest.config.get("sampler") or {}).get("prompts"):
+        return None
+    samples = read_kind(store, manifest.records("samples"))
+    if "prompt" not in samples.column_names or samples.column("prompt").null_count == samples.num_rows:
+        return None
+    by_id = dict(zip(samples.column("sample_id").to_pylist(), samples.column("prompt").to_pylist()))
+    return [by_id[i] for i in scores.column("sample_id").to_pylist()]
 
 
 def _artifact_slug(name: str) -> str:

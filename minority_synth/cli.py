@@ -260,15 +260,17 @@ def score_cmd(run_url, reference, k_avg, storage_option):
 @click.option("--top-q", type=float, default=None, help="keep this fraction of the rarest samples")
 @click.option("--threshold", type=float, default=None, help="keep samples whose metric exceeds this")
 @click.option("--name", default=None, help="selection name (default from the rule)")
+@click.option("--per-prompt", is_flag=True, help="text-to-image runs: the top fraction of each prompt's samples (at least one each)")
 @click.option("--storage-option", "storage_option", multiple=True)
 @friendly_errors
-def filter_cmd(run_url, metric, top_q, threshold, name, storage_option):
+def filter_cmd(run_url, metric, top_q, threshold, name, per_prompt, storage_option):
     """Select the rarest samples: writes selections/<name>/shard-00000.parquet (ids + score)."""
     from flows.scoring import filter_samples
 
     if top_q is None and threshold is None:
         top_q = 0.1
-    click.echo(json.dumps(filter_samples(normalise_out(run_url), metric=metric, top_q=top_q, threshold=threshold, name=name, storage_options=_storage(storage_option)), indent=2))
+    click.echo(json.dumps(filter_samples(normalise_out(run_url), metric=metric, top_q=top_q, threshold=threshold, name=name,
+                                         storage_options=_storage(storage_option), per_prompt=per_prompt), indent=2))
 
 
 @main.command("report")

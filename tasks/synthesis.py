@@ -50,7 +50,7 @@ def plan_shards(config) -> Plan:
     manifest = store.read_manifest()
     if manifest is not None and manifest.config_hash != config_hash(identity) and not same_run(manifest.config, identity):
         if not config.overwrite:
-            changed = sorted(k for k in identity if manifest.config.get(k) != identity[k])
+            changed = sorted(k for k in identity.keys() | manifest.config.keys() if manifest.config.get(k) != identity.get(k))
             raise ValueError(f"{config.out} holds a run with a different config (differs in: {', '.join(changed)}); use another --out or pass --overwrite")
         logger.warning("overwrite: removing the previous run at %s", config.out)
         store.clear()

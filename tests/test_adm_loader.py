@@ -254,8 +254,11 @@ def test_parse_adm_flags_types_and_errors() -> None:
     assert parse_adm_flags(["num_channels=256", "learn_sigma=true", "attention_resolutions=32,16,8", "num_classes=none", "dropout=0.1",
                             "noise-schedule=linear"]) == {
         "num_channels": 256, "learn_sigma": True, "attention_resolutions": "32,16,8", "num_classes": None, "dropout": 0.1, "noise_schedule": "linear"}
+    assert parse_adm_flags(["num_head_channels=-1", "class_cond=true"]) == {"num_head_channels": None, "num_classes": 1000}  # guided-diffusion spellings
     for bad, message in [("num_channels=wide", "takes an integer"), ("learn_sigma=yes", "true or false"), ("colour=red", "unknown ADM flag 'colour'"),
-                         ("num_channels", "key=value"), ("image_size=none", "takes an integer")]:
+                         ("num_channels", "key=value"), ("image_size=none", "takes an integer"), ("num_channels=-1", "must be ≥ 1"),
+                         ("attention_resolutions=abc", "comma-separated numbers"), ("channel_mult=1,0", "positive"),
+                         ("noise_schedule=cosinus", "linear or cosine"), ("class_cond=maybe", "true or false")]:
         with pytest.raises(ValueError, match=message):
             parse_adm_flags([bad])
 
@@ -282,17 +285,21 @@ def test_cli_sample_with_explicit_adm_flags(ckpts, tmp_path) -> None:
     assert wrong.exit_code == 2 and "applies to adm: models only" in wrong.output
 
 
-@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.usefixtures("prefect_api", "ray_local")
 def test_synthesis_config_carries_adm_flags_to_the_workers(ckpts, tmp_path) -> None:
     from flows.config import SynthesisConfig
     from flows.synthesize import synthesize
 
     flags = [f"{k}={v}" for k, v in TINY.items()]
     config = SynthesisConfig(model="adm:" + ckpts["celeba_tiny"], preset="celeba64", adm_flags=flags, num_samples=3, shard_size=2, steps=2,
-                             distance="l2", out=str(tmp_path / "run"), workers=0, extractor="pixels")
-    assert config.output_identity()["adm_flags"] == flags
+                             distance="l2", out=str(tmp_path / "run"), workers=1, extractor="pixels")
+    assert config.output_identity()["adm_flags"] == dict(sorted(TINY.items()))
+    respelled = config.model_copy(update={"adm_flags": [f.replace("_", "-") for f in reversed(flags)]})
+    assert respelled.output_identity() == config.output_identity()  # same flags, other spelling/order: same run
     assert "adm_flags" not in SynthesisConfig(model="bundled:digits", num_samples=2, out=str(tmp_path)).output_identity()
-    assert synthesize(config)["samples"] == 3
+    assert synthesize(config)["samples"] == 3  # a Ray actor built the reduced ADM from the flags
+    with pytest.raises(ValueError, match="differs in: adm_flags"):  # the same out without the flags is another run
+        synthesize(config.model_copy(update={"adm_flags": []}))
     with pytest.raises(ValueError, match="adm_flags apply to adm: models only"):
         SynthesisConfig(model="bundled:digits", adm_flags=["num_channels=32"], num_samples=2, out=str(tmp_path))
     with pytest.raises(ValueError, match="unknown ADM flag 'width'"):

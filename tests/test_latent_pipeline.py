@@ -200,6 +200,20 @@ def test_flow_on_ray_writes_prompts_per_shard_resumes_and_matches_in_process(lat
     page = (tmp_path / "report" / "report" / "index.html").read_text()
     assert "By prompt" in page and all(p in page for p in PROMPTS)
 
+    # filter: the rarest half of each prompt's samples (at least one each) vs the rarest half overall
+    from flows.scoring import filter_samples
+
+    scores = {r["sample_id"]: r["avgknn"] for shard in sorted(store.read_manifest().records("scores/pixels"), key=lambda r: r.index)
+              for r in store.read_shard(shard).to_pylist()}
+    prompt_of = {r["sample_id"]: r["prompt"] for shard in records for r in store.read_shard(shard).select(["sample_id", "prompt"]).to_pylist()}
+    per = filter_samples(ray_out, top_q=0.5, per_prompt=True)
+    chosen = pq.read_table(per["selection"].removeprefix("file://")).to_pylist()
+    assert per["selected"] == 3 and sorted(r["prompt"] for r in chosen) == sorted(PROMPTS)
+    for row in chosen:  # each is the rarest sample of its prompt
+        assert row["avgknn"] == max(v for sid, v in scores.items() if prompt_of[sid] == row["prompt"])
+    overall = pq.read_table(filter_samples(ray_out, top_q=0.5)["selection"].removeprefix("file://"))
+    assert sorted(overall.column("avgknn").to_pylist(), reverse=True) == sorted(scores.values(), reverse=True)[:2]
+
 
 def test_synthesis_config_refuses_prompts_for_pixel_models(tmp_path):
     from flows.config import SynthesisConfig

@@ -100,5 +100,9 @@ def test_bad_inputs(tmp_path, scored_runs):
         filter_samples(str(root / "guided"), top_q=0.1, threshold=3.0)
     with pytest.raises(ValueError, match="metric must be one of"):
         filter_samples(str(root / "guided"), metric="beauty")
+    with pytest.raises(ValueError, match="has no prompts .*drop per_prompt"):
+        filter_samples(str(root / "guided"), top_q=0.1, per_prompt=True)
+    with pytest.raises(ValueError, match="give top_q, not threshold"):
+        filter_samples(str(root / "guided"), top_q=None, threshold=1.0, per_prompt=True)
     with pytest.raises(ValueError, match="look like credentials"):
         score(str(root / "guided"), str(root / "ref"), storage_options={"secret": "x"})

@@ -154,27 +154,46 @@ def parse_adm_flags(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
         key, text = key.strip().replace("-", "_"), text.strip()
         if not sep or not key or not text:
             raise ValueError(f"--adm-flag must be key=value (e.g. num_channels=256), got {pair!r}")
+        if key == "class_cond":  # guided-diffusion's switch; the published conditional models have 1000 classes
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"ADM flag class_cond takes true or false, got {text!r}")
+            flags["num_classes"] = 1000 if text.lower() in ("true", "1") else None
+            continue
         if key in _BOOL_FLAGS:
             if text.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(f"ADM flag {key} takes true or false, got {text!r}")
             flags[key] = text.lower() in ("true", "1")
         elif key in _INT_FLAGS:
-            if text.lower() in ("none", "null") and key in ("num_head_channels", "num_heads_upsample", "num_classes", "small_size"):
-                flags[key] = None
-            else:
-                try:
-                    flags[key] = int(text)
-                except ValueError:
-                    raise ValueError(f"ADM flag {key} takes an integer, got {text!r}") from None
+            optional = key in ("num_head_channels", "num_heads_upsample", "num_classes", "small_size")
+            if optional and (text.lower() in ("none", "null") or (text == "-1" and key in ("num_head_channels", "num_heads_upsample"))):
+                flags[key] = None  # guided-diffusion writes "unset" as -1 for these two
+                continue
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"ADM flag {key} takes an integer, got {text!r}") from None
+            if value < 1:
+                raise ValueError(f"ADM flag {key} must be ≥ 1, got {value}")
+            flags[key] = value
         elif key in _FLOAT_FLAGS:
             try:
                 flags[key] = float(text)
             except ValueError:
                 raise ValueError(f"ADM flag {key} takes a number, got {text!r}") from None
-        elif key in _TEXT_FLAGS:
+        elif key == "noise_schedule":
+            if text not in ("linear", "cosine"):
+                raise ValueError(f"ADM flag noise_schedule is linear or cosine, got {text!r}")
+            flags[key] = text
+        elif key in _TEXT_FLAGS:  # comma lists of numbers, as guided-diffusion writes them
+            try:
+                numbers = [float(v) for v in text.split(",")]
+            except ValueError:
+                raise ValueError(f"ADM flag {key} takes comma-separated numbers (e.g. 32,16,8), got {text!r}") from None
+            if not numbers or min(numbers) <= 0:
+                raise ValueError(f"ADM flag {key} takes positive numbers, got {text!r}")
             flags[key] = text
         else:
-            raise ValueError(f"unknown ADM flag {key!r}; valid: {', '.join([*_BOOL_FLAGS, *_INT_FLAGS, *_FLOAT_FLAGS, *_TEXT_FLAGS])}")
+            raise ValueError(f"unknown ADM flag {key!r}; valid: {', '.join([*_BOOL_FLAGS, *_INT_FLAGS, *_FLOAT_FLAGS, *_TEXT_FLAGS, 'class_cond'])}")
     return flags
 
 
