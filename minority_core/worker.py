@@ -42,9 +42,10 @@ class ShardWorker:
     ) -> None:
         # A Ray actor whose constructor raises dies with ActorDiedError (a multi-line report without
         # the cause); kept here, the error reaches the driver from `ping` as itself, in one line.
+        self._arguments = (model_spec, sampler_config, store_url, storage_options, device, extractor, model_options, arm)
         self.init_error: Exception | None = None
         try:
-            self._start(model_spec, sampler_config, store_url, storage_options, device, extractor, model_options, arm)
+            self._start(*self._arguments)
         except Exception as exc:  # noqa: BLE001 - re-raised by ping() and generate_shard()
             self.init_error = exc
 
@@ -69,8 +70,9 @@ class ShardWorker:
         its first sample, which picks prompts), write samples (+ features), return records."""
         import os
 
-        if self.init_error is not None:
-            raise self.init_error
+        if self.init_error is not None:  # e.g. an actor Ray restarted while storage or a GPU was briefly unavailable
+            self._start(*self._arguments)  # one more try; a lasting error is raised as itself
+            self.init_error = None
         start = time.monotonic()
         images, class_labels = generate(self.loaded, rows, self.config, seed, self.device, first_index=first_index)
         labels = class_labels.numpy() if class_labels is not None else label_samples(self.loaded.spec, images)

@@ -304,3 +304,11 @@ def test_synthesis_config_carries_adm_flags_to_the_workers(ckpts, tmp_path) -> N
         SynthesisConfig(model="bundled:digits", adm_flags=["num_channels=32"], num_samples=2, out=str(tmp_path))
     with pytest.raises(ValueError, match="unknown ADM flag 'width'"):
         SynthesisConfig(model="adm:/x.pt", preset="celeba64", adm_flags=["width=3"], num_samples=2, out=str(tmp_path))
+
+
+def test_super_res_on_a_preset_without_small_size_names_the_fix(tmp_path) -> None:
+    path = save_random(tmp_path / "sr.pt", "celeba64", super_res=True, **TINY)
+    with pytest.raises(ValueError, match="super_res=true with preset celeba64 needs small_size"):
+        load_model("adm:" + path, preset="celeba64", super_res=True, **TINY)
+    loaded = load_model("adm:" + path, preset="celeba64", super_res=True, small_size=4, **TINY)
+    assert loaded.shape == (3, 16, 16)

@@ -172,3 +172,21 @@ def test_a_run_recorded_by_the_previous_version_resumes(tiny_diffusers_model, tm
     assert summary["generated_shards"] == 0 and summary["skipped_shards"] == 3
     with pytest.raises(ValueError, match="differs in: sampler"):  # a real difference is still refused
         run(cfg.model_copy(update={"steps": 7}))
+
+
+def test_a_worker_whose_start_failed_retries_it_before_its_next_shard(tiny_diffusers_model, tmp_path):
+    """What a Ray-restarted actor meets when its model was briefly unreachable: ping() reports the
+    start-up error as itself; once the model is back, the next shard starts the worker again."""
+    import shutil
+
+    from minority_core.generate import shard_seed
+    from minority_core.worker import ShardWorker
+
+    folder = tmp_path / "model"
+    cfg = config(str(folder), str(tmp_path / "out"), workers=0)
+    worker = ShardWorker(cfg.model, cfg.sampler_config().to_dict(), cfg.out, extractor="pixels")
+    with pytest.raises(ValueError, match="neither an existing folder nor a hub id"):
+        worker.ping()
+    shutil.copytree(tiny_diffusers_model, folder)
+    result = worker.generate_shard(0, 4, shard_seed(0, 0), 0)
+    assert result.samples.rows == 4 and worker.init_error is None and worker.ping() > 0

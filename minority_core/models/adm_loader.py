@@ -260,6 +260,8 @@ def _small_size(preset: str | None, unet_flags: dict[str, Any], flags: dict[str,
     if preset is None:
         return max(1, size // 4)
     reference = ADM_PRESETS[preset]["diffusion"]
+    if not reference.get("small_size"):  # super_res=true on a preset that is not an upsampler
+        raise ValueError(f"super_res=true with preset {preset} needs small_size (the low-resolution input size): add --adm-flag small_size=N")
     return max(1, reference["small_size"] * size // reference["image_size"])
 
 
