@@ -27,7 +27,7 @@ import os
 
 from _common import check_model, private_prefect_home  # first: env defaults before prefect / ray / torch (DESIGN §7)
 
-_PREFECT_HOME = private_prefect_home("bench-prefect-home-")
+private_prefect_home("bench-prefect-home-")
 
 import argparse
 import dataclasses
@@ -245,7 +245,6 @@ def main() -> None:
         print(f"outputs kept under {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
 if __name__ == "__main__":

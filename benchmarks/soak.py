@@ -45,7 +45,7 @@ import tempfile
 from _common import private_prefect_home  # first: env defaults before prefect / ray / torch (DESIGN §7)
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # one log line per task run would drown the soak's own lines
-_PREFECT_HOME = private_prefect_home("soak-prefect-home-")
+private_prefect_home("soak-prefect-home-")
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"  # moto's test credentials; actors inherit them through Ray
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
@@ -545,7 +545,6 @@ def main() -> int:
             say(f"kept: {tmp} (clean run output, moto.log)")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,8 @@ class GaussianMixtureDenoiser(torch.nn.Module):
         d = torch.cdist(samples.double().flatten(1), self.means)
         dist, comp = d.min(dim=1)
         return comp.numpy(), (dist / self.std).numpy()
+
+    def component_shares(self, samples: torch.Tensor, off_mode: float = 4.0) -> tuple[np.ndarray, float]:
+        """Share of samples nearest each component, and the fraction farther than `off_mode` stds from every one."""
+        comp, dist = self.assign(samples)
+        return np.bincount(comp, minlength=len(self.means)) / len(comp), float((dist > off_mode).mean())

@@ -35,12 +35,6 @@ def gmm(schedule):
     return GaussianMixtureDenoiser(MEANS, WEIGHTS, STD, schedule)
 
 
-def minority_share(gmm, samples):
-    comp, dist = gmm.assign(samples)
-    share = np.bincount(comp, minlength=len(gmm.means)) / len(comp)
-    return share, float((dist > 4).mean())
-
-
 class RecordingModel(torch.nn.Module):
     """Wraps a model and records (timestep, input) of every call."""
 
@@ -96,8 +90,8 @@ def test_boost_and_skip_defaults_raise_minority_share_in_high_dimension():
     gmm = GaussianMixtureDenoiser(means, WEIGHTS, 0.1, schedule)
     base = ancestral_sample(gmm, schedule, (n, dim), steps=100, generator=torch.Generator().manual_seed(1))
     bns = boost_and_skip_sample(gmm, schedule, (n, dim), steps=100, generator=torch.Generator().manual_seed(1))
-    base_share, _ = minority_share(gmm, base)
-    bns_share, _ = minority_share(gmm, bns)
+    base_share, _ = gmm.component_shares(base)
+    bns_share, _ = gmm.component_shares(bns)
     comp, dist = gmm.assign(bns)
     factor = bns_share[SMALL].sum() / base_share[SMALL].sum()
     assert factor > 1.15, (base_share, bns_share)
@@ -250,8 +244,8 @@ def test_classifier_guidance_with_exact_classifier_samples_the_minority_conditio
     n = 2000
     base = ancestral_sample(gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(1))
     guided = classifier_guided_sample(gmm, schedule, ExactLevelPosterior(gmm), (n, 2), scale=1.0, steps=100, generator=torch.Generator().manual_seed(1))
-    base_share, _ = minority_share(gmm, base)
-    share, off = minority_share(gmm, guided)
+    base_share, _ = gmm.component_shares(base)
+    share, off = gmm.component_shares(guided)
     assert share[SMALL].sum() > 0.93, share
     assert abs(share[2] / share[SMALL].sum() - 0.75) < 0.06, share
     assert off < 0.03

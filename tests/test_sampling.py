@@ -25,15 +25,10 @@ def gmm(schedule):
     return GaussianMixtureDenoiser(MEANS, WEIGHTS, STD, schedule)
 
 
-def shares(gmm, samples):
-    comp, dist = gmm.assign(samples)
-    return np.bincount(comp, minlength=len(WEIGHTS)) / len(comp), float((dist > 4).mean())
-
-
 def test_unguided_sampling_reproduces_mixture_weights(gmm, schedule):
     n = 4000
     x = ancestral_sample(gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(0))
-    share, off = shares(gmm, x)
+    share, off = gmm.component_shares(x)
     tolerance = 4 * np.sqrt(np.array(WEIGHTS) * (1 - np.array(WEIGHTS)) / n)  # 4 binomial sigmas
     assert np.all(np.abs(share - WEIGHTS) < tolerance), share
     assert off < 0.01
@@ -44,8 +39,8 @@ def test_guidance_raises_minority_share_and_stays_on_manifold(gmm, schedule):
     guidance = MinorityGuidance(scale=6.0, every=5)
     base = ancestral_sample(gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(1))
     guided = ancestral_sample(gmm, schedule, (n, 2), guidance=guidance, steps=100, generator=torch.Generator().manual_seed(1))
-    base_share, _ = shares(gmm, base)
-    guided_share, off = shares(gmm, guided)
+    base_share, _ = gmm.component_shares(base)
+    guided_share, off = gmm.component_shares(guided)
     factor = guided_share[SMALL].sum() / base_share[SMALL].sum()
     # Seen when written (n=2000): minority mass 0.18 → 0.39, factor 2.05 at w=6 (1.4 at w=3, 2.5 at w=10),
     # off-mode share 0. Note w·β̃ is tiny in 2-D, so w is larger than on images (DESIGN §7).
@@ -193,19 +188,19 @@ class LearnedVarianceModel(torch.nn.Module):
 
 def test_learned_variance_model_samples(gmm, schedule):
     x = ancestral_sample(LearnedVarianceModel(gmm, -1.0), schedule, (500, 2), steps=50, generator=torch.Generator().manual_seed(0))
-    share, off = shares(gmm, x)
+    share, off = gmm.component_shares(x)
     assert off < 0.02 and share[0] > 0.25
 
 
 def test_ddim_reproduces_mixture_and_guidance_extension_works(gmm, schedule):
     n = 2000
     x = ddim_sample(gmm, schedule, (n, 2), steps=50, eta=0.0, generator=torch.Generator().manual_seed(0))
-    share, off = shares(gmm, x)
+    share, off = gmm.component_shares(x)
     assert np.all(np.abs(share - WEIGHTS) < 4 * np.sqrt(np.array(WEIGHTS) * (1 - np.array(WEIGHTS)) / n) + 0.02)
     assert off < 0.02
     guided = ddim_sample(gmm, schedule, (n, 2), guidance=MinorityGuidance(scale=3.0, every=2), steps=50, eta=1.0, generator=torch.Generator().manual_seed(0))
     base = ddim_sample(gmm, schedule, (n, 2), steps=50, eta=1.0, generator=torch.Generator().manual_seed(0))
-    assert shares(gmm, guided)[0][SMALL].sum() > 1.3 * shares(gmm, base)[0][SMALL].sum()
+    assert gmm.component_shares(guided)[0][SMALL].sum() > 1.3 * gmm.component_shares(base)[0][SMALL].sum()
 
 
 def test_non_finite_values_raise_and_name_the_setting(schedule):
