@@ -90,13 +90,9 @@ class SynthesisConfig(BaseModel):
 
     def model_options(self) -> dict:
         """What load_model takes besides the spec: the ADM preset, upsampler and explicit flags."""
-        options = {k: v for k, v in dict(preset=self.preset, upsampler=self.upsampler).items() if v}
-        return {**options, **self.model_options_flags()}
+        from minority_core.models import load_options
 
-    def model_options_flags(self) -> dict:
-        from minority_core.models.adm_loader import parse_adm_flags
-
-        return parse_adm_flags(self.adm_flags)
+        return load_options(self.preset, self.upsampler, self.adm_flags)
 
     @model_validator(mode="after")
     def _sampler_valid(self) -> "SynthesisConfig":
@@ -120,12 +116,14 @@ class SynthesisConfig(BaseModel):
 
     def output_identity(self) -> dict:
         """What the output bytes depend on (the manifest's config): no execution or credential fields."""
+        from minority_core.models import load_options
+
         return {
             "model": self.model,
             "preset": self.preset,
             "upsampler": self.upsampler,
             # parsed and sorted: spellings of the same flags are the same run; absent when unused (older identities stay equal)
-            **({"adm_flags": dict(sorted(self.model_options_flags().items()))} if self.adm_flags else {}),
+            **({"adm_flags": dict(sorted(load_options(adm_flags=self.adm_flags).items()))} if self.adm_flags else {}),
             "num_samples": self.num_samples,
             "shard_size": self.shard_size,
             "arm": self.arm,

@@ -135,11 +135,10 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
         summary["seconds_per_sample"] = seconds / samples.num_rows
     columns = {c: scores.column(c).to_numpy(zero_copy_only=False) for c in SCORE_COLUMNS}
     columns["in_support"] = scores.column("in_support").to_numpy(zero_copy_only=False)
-    prompts = samples.column("prompt").to_pylist() if "prompt" in samples.column_names else []
     if scores.column("sample_id").to_pylist() != samples.column("sample_id").to_pylist():
         raise ValueError(f"{run}: scores and samples are not in the same order; rerun `minority-synth score`")
     return ArmResult(name or manifest.config.get("arm", run), columns, summary, images, scores.column("sample_id").to_pylist(),
-                     prompts=prompts if prompts and all(p is not None for p in prompts) else None)
+                     prompts=_prompts_of(samples))
 
 
 @flow(name="report")
@@ -187,10 +186,18 @@ def _prompts_by_score_row(store: ShardStore, manifest, scores: pa.Table) -> list
     if not (manifest.config.get("sampler") or {}).get("prompts"):
         return None
     samples = read_kind(store, manifest.records("samples"))
-    if "prompt" not in samples.column_names or samples.column("prompt").null_count == samples.num_rows:
+    prompts = _prompts_of(samples)
+    if prompts is None:
         return None
-    by_id = dict(zip(samples.column("sample_id").to_pylist(), samples.column("prompt").to_pylist()))
+    by_id = dict(zip(samples.column("sample_id").to_pylist(), prompts))
     return [by_id[i] for i in scores.column("sample_id").to_pylist()]
+
+
+def _prompts_of(samples: pa.Table) -> list[str] | None:
+    """The samples' prompts in row order; None unless every sample has one (a text-to-image run)."""
+    if samples.num_rows == 0 or "prompt" not in samples.column_names or samples.column("prompt").null_count:
+        return None
+    return samples.column("prompt").to_pylist()
 
 
 def _artifact_slug(name: str) -> str:

@@ -124,13 +124,11 @@ def sample(out_dir, num_samples, seed, device, preset, upsampler, adm_flags, **o
     from minority_core.generate import check_class_labels, generate, sample_prompts
     from minority_core.images import grid_png, to_uint8_nhwc
     from minority_core.labeling import label_samples
-    from minority_core.models import load_model
+    from minority_core.models import load_model, load_options
     from minority_core.shards import ShardStore, samples_table
 
     config = build_sampler_config(preset=preset, **options)
-    from minority_core.models.adm_loader import parse_adm_flags
-
-    model_options = {**{k: v for k, v in dict(preset=preset, upsampler=upsampler).items() if v}, **parse_adm_flags(adm_flags)}
+    model_options = load_options(preset, upsampler, adm_flags)
     if adm_flags and not options["model_spec"].startswith("adm:"):
         raise ValueError(f"--adm-flag applies to adm: models only; {options['model_spec']} is not one")
     loaded = load_model(options["model_spec"], device, **model_options)

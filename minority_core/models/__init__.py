@@ -45,6 +45,15 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return scheme, target
 
 
+def load_options(preset: str | None = None, upsampler: str | None = None, adm_flags=()) -> dict:
+    """`load_model`'s keyword options from the edge's values: the ADM preset and upsampler when
+    given, and `--adm-flag key=value` strings parsed to typed flags."""
+    from .adm_loader import parse_adm_flags
+
+    options = {k: v for k, v in dict(preset=preset, upsampler=upsampler).items() if v}
+    return {**options, **parse_adm_flags(adm_flags)}
+
+
 def load_model(spec: str, device: torch.device | str = "cpu", **options) -> LoadedModel:
     """Load a model from its spec onto `device`, ready for sampling (eval mode, weights only)."""
     scheme, target = parse_spec(spec)
