@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test ui bench
+.PHONY: venv demo test lint ui bench
 
 venv: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(VENV)/bin/minority-synth demo
+
+lint: venv
+	$(VENV)/bin/ruff check .
 
 test: venv
 	$(VENV)/bin/pytest -q

@@ -26,16 +26,14 @@ network features.  `--no-exact` skips our exact index where it would take hours.
 
 from __future__ import annotations
 
-import os
-
-import _common  # noqa: F401,E402 - first: env defaults before faiss / torch (DESIGN §7)
-
 import argparse
 import gc
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+import _common  # noqa: F401 - first: env defaults before faiss / torch (DESIGN §7)
 import numpy as np
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 

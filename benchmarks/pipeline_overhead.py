@@ -2,7 +2,7 @@
 
 (a) Plain loop, one process, no Prefect, no Ray: per shard `generate` → labels → `samples_table`
     → features → `ShardStore.write_shard` for the features and the samples shard: what a Ray
-    actor (`minority_core.worker.ShardWorker`) does per shard, with the same sampler config,
+    actor (`minority_core.runs.worker.ShardWorker`) does per shard, with the same sampler config,
     extractor and shard seeds as the flow. Run with 2 torch threads and with 1.
 (b) `flows.synthesize.synthesize` with 1 and 2 Ray CPU actors. Each actor has `num_cpus=1`,
     so Ray gives it one OMP/torch thread: the 1-worker flow is like for like with the
@@ -66,7 +66,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_config(args, out: str, workers: int, num_samples: int | None = None):
-    from flows.config import SynthesisConfig
+    from minority_core.config import SynthesisConfig
 
     return SynthesisConfig(
         model=args.model, num_samples=num_samples or args.num_samples, shard_size=args.shard_size, out=out,
@@ -79,12 +79,12 @@ def make_config(args, out: str, workers: int, num_samples: int | None = None):
 
 def plain_loop(config, threads: int) -> dict:
     """The actor's per-shard work, in this process, shard after shard; no Prefect, no Ray, no manifest."""
-    from minority_core.features import get_extractor
-    from minority_core.generate import generate, shard_seed
-    from minority_core.images import to_uint8_nhwc
-    from minority_core.labeling import label_samples
+    from minority_core.demo.labeling import label_samples
+    from minority_core.io import ShardStore, features_table, sample_id, samples_table
+    from minority_core.io.images import to_uint8_nhwc
+    from minority_core.metrics.features import get_extractor
     from minority_core.models import load_model
-    from minority_core.shards import ShardStore, features_table, sample_id, samples_table
+    from minority_core.runs.generate import generate, shard_seed
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -115,7 +115,7 @@ def plain_loop(config, threads: int) -> dict:
 
 def flow_records(out: str) -> dict:
     """sha256 of every shard the flow committed, keyed like the plain loop's records."""
-    from minority_core.shards import ShardStore
+    from minority_core.io import ShardStore
 
     manifest = ShardStore(out).read_manifest()
     return {key: record.sha256 for key, record in manifest.shards.items()}
@@ -146,8 +146,8 @@ def main() -> None:
     say(f"cpu cores {os.cpu_count()}, load (uptime) at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}, outputs under {tmp}")
 
     # warm this process's torch kernels so the first plain run is not charged for lazy init
-    from minority_core.generate import generate
     from minority_core.models import load_model
+    from minority_core.runs.generate import generate
 
     generate(load_model(args.model, "cpu"), 2, dataclasses.replace(sampler, steps=2), 0)
 
@@ -163,7 +163,7 @@ def main() -> None:
     from prefect import flow
 
     import flows.synthesize as synth
-    from flows.ray_pool import ensure_ray
+    from tasks.ray_pool import ensure_ray
 
     @flow(name="bench-noop")
     def noop() -> None:

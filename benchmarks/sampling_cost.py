@@ -16,20 +16,18 @@ Target (DESIGN §6): guided/unguided ≤ 1.9× at every = 5.
 
 from __future__ import annotations
 
-import os
-
-from _common import check_model  # first: env defaults before torch / faiss (DESIGN §7)
-
 import argparse
+import os
 import statistics
 import time
 
 import torch
+from _common import check_model  # first: env defaults before torch / faiss (DESIGN §7)
 from torch import nn
 
-from minority_core.guidance import MinorityGuidance
+from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.models import load_model
-from minority_core.sampling import ancestral_sample
 
 TARGET_EVERY5 = 1.9  # DESIGN §6
 SCALE = 0.4

@@ -24,7 +24,7 @@ Nothing in the pipeline is changed: the script only observes it (it wraps
 count commits). The clean run writes to local disk and the faulty one to moto over HTTP, so the
 throughput cost also includes that difference (small next to sampling at the default sizes).
 
-Actors restart without limit (flows.ray_pool.ACTOR_MAX_RESTARTS = -1): an earlier per-actor
+Actors restart without limit (tasks.ray_pool.ACTOR_MAX_RESTARTS = -1): an earlier per-actor
 budget of 4 restarts made a run fail after ~4 kills per actor, which this script found.
 
 Default sizes (1024 samples in 16 shards of 64, 100 steps, 2 workers, bundled:digits): measured
@@ -192,7 +192,7 @@ def gcs_actor_states() -> dict[str, dict]:
         import ray._private.state as ray_state
 
         return {k: {"State": v.get("State"), "Pid": v.get("Pid"), "NumRestarts": v.get("NumRestarts", 0)} for k, v in ray_state.actors().items()}
-    except Exception:  # noqa: BLE001 - a private API: without it the killer uses ray.kill only
+    except Exception:
         return {}
 
 
@@ -251,7 +251,7 @@ class Killer(threading.Thread):
                 else:
                     how = "ray"  # no pid known, or not ours: let Ray kill it
                     ray.kill(victim, no_restart=False)
-            except Exception as err:  # noqa: BLE001 - reported in the summary
+            except Exception as err:
                 self.errors.append(one_line(err))
                 continue
             self.per_actor[aid] = self.per_actor.get(aid, 0) + 1
@@ -294,7 +294,7 @@ def raw_manifest_duplicates(store) -> int:
 
 def verify(store, num_samples: int, shard_size: int, extractor: str, clean: dict[str, str]) -> dict:
     """Check the faulty run's output on storage against its manifest and the clean run's hashes."""
-    from minority_core.shards import StorageError
+    from minority_core.io import StorageError
 
     total = -(-num_samples // shard_size)
     kinds = ("samples", f"features/{extractor}")
@@ -351,7 +351,7 @@ def verify(store, num_samples: int, shard_size: int, extractor: str, clean: dict
 
 
 def make_config(args, out: str, storage_options: dict | None = None):
-    from flows.config import SynthesisConfig
+    from minority_core.config import SynthesisConfig
 
     return SynthesisConfig(
         model=args.model, num_samples=args.num_samples, shard_size=args.shard_size, out=out, steps=args.steps,
@@ -370,7 +370,7 @@ def main() -> int:
         except ValueError as err:
             say(f"error: {err}")
             return 2
-        from flows.ray_pool import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
+        from tasks.ray_pool import ACTOR_MAX_RESTARTS, ACTOR_MAX_TASK_RETRIES
 
         shards = -(-args.num_samples // args.shard_size)
         sampler = first.sampler_config()
@@ -401,8 +401,8 @@ def main() -> int:
         from prefect import flow
 
         import flows.synthesize as synth
-        from flows.ray_pool import ensure_ray
-        from minority_core.shards import ShardStore
+        from minority_core.io import ShardStore
+        from tasks.ray_pool import ensure_ray
 
         @flow(name="soak-warmup")
         def warmup() -> None:
@@ -447,7 +447,7 @@ def main() -> int:
         start = time.perf_counter()
         try:
             synth.synthesize(faulty)
-        except Exception as err:  # noqa: BLE001 - the outcome is part of the report
+        except Exception as err:
             flow_error = one_line(err)[:240]
         faulty_wall = time.perf_counter() - start
         for thread in (killer, progress):

@@ -13,19 +13,18 @@ import argparse
 import itertools
 import time
 
-import _common  # noqa: F401,E402 - first: env defaults before faiss / torch (DESIGN §7)
-
+import _common  # noqa: F401 - first: env defaults before faiss / torch (DESIGN §7)
 import numpy as np
 import torch
 
-from minority_core.digits import RARE_CLASSES
-from minority_core.features import DemoClassifierFeatures
-from minority_core.generate import SamplerConfig, generate
-from minority_core.guidance import MinorityGuidance
-from minority_core.images import to_uint8_nhwc
+from minority_core.demo.digits import RARE_CLASSES
+from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.io.images import to_uint8_nhwc
+from minority_core.io.sources import load_reference_images
 from minority_core.metrics import ReferenceSet
+from minority_core.metrics.features import DemoClassifierFeatures
 from minority_core.models import load_model
-from minority_core.reference_data import load_reference_images
+from minority_core.runs.generate import SamplerConfig, generate
 
 
 def measure(loaded, extractor, refset, n, steps, guidance, seed):

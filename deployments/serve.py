@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from minority_synth.env import apply_defaults  # noqa: E402
+from minority_synth.env import apply_defaults
 
 apply_defaults()
 
 from prefect import serve  # noqa: E402
 
 from flows.dataset_runs import build_dataset_reference, score_dataset_run, synthesize_dataset  # noqa: E402
-from flows.datasets import get_dataset, list_datasets  # noqa: E402
+from minority_core.config.datasets import get_dataset, list_datasets  # noqa: E402
 
 
 def deployments(names: list[str], interval: float | None = None) -> list:

@@ -8,9 +8,10 @@ import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.config import SynthesisConfig
 from flows.synthesize import synthesize
-from minority_core.shards import ShardStore, decode_png
+from minority_core.config import SynthesisConfig
+from minority_core.errors import InputError
+from minority_core.io import ShardStore, decode_png
 
 DATASETS = {"digits": "bundled:digits"}
 
@@ -23,18 +24,18 @@ def read_images_and_labels(run: str) -> tuple[np.ndarray, np.ndarray]:
     images = np.stack([decode_png(cell["bytes"]) for t in tables for cell in t.column("image").to_pylist()])
     labels = np.array([label for t in tables for label in t.column("label").to_pylist()])
     if np.any(labels == None):  # noqa: E711 - pyarrow nulls
-        raise ValueError(f"{run} has unlabelled samples; augment-eval needs the demo classifier's labels")
+        raise InputError(f"{run} has unlabelled samples; augment-eval needs the demo classifier's labels")
     return images, labels.astype(np.int64)
 
 
 @flow(name="augment-eval")
-def augment_eval_flow(out: str, dataset: str = "digits", num_samples: int = 512, seeds: list[int] = [0, 1, 2], epochs: int = 30, workers: int = 2, steps: int | None = None, shard_size: int = 128) -> dict:
+def augment_eval_flow(out: str, dataset: str = "digits", num_samples: int = 512, seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 30, workers: int = 2, steps: int | None = None, shard_size: int = 128) -> dict:
     """Generate N standard and N minority-guided samples (same seeds), then train/evaluate the
     downstream classifier on real, real + standard and real + guided data over `seeds`."""
-    from minority_core.augment import augment_eval, markdown_table
+    from minority_core.demo.augment import augment_eval, markdown_table
 
     if dataset not in DATASETS:
-        raise ValueError(f"augment-eval supports {', '.join(DATASETS)} (it needs a labeller and a held-out split), got {dataset!r}")
+        raise InputError(f"augment-eval supports {', '.join(DATASETS)} (it needs a labeller and a held-out split), got {dataset!r}")
     out = out.rstrip("/")
     extra = {}
     for arm, scale, name in (("standard", 0.0, "standard samples"), ("guided", None, "minority-guided samples")):

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from prefect import flow, get_run_logger
 
-from flows.config import SynthesisConfig
 from flows.scoring import ensure_reference, report
 from flows.synthesize import synthesize
+from minority_core.config import SynthesisConfig
+from minority_core.errors import InputError
 
 DATASETS = {"digits": ("bundled:digits", "bundled:digits", "demo-classifier")}  # model, reference source, extractor
 METHODS = ("standard", "self-guided", "boost-and-skip", "minority-classifier")
@@ -26,11 +27,11 @@ def train_minority_classifier(out: str, model: str = "bundled:digits", levels: i
     classifier (Um, Lee & Ye, ICLR 2024), saved weights-only under `out`."""
     from minority_core.baselines import minority_scores, quantile_levels, save_level_classifier, train_level_classifier
     from minority_core.baselines.minority_classifier import level_accuracy
-    from minority_core.digits import split_digits
+    from minority_core.demo.digits import split_digits
     from minority_core.models import load_model
 
     if model != "bundled:digits":
-        raise ValueError("train_minority_classifier needs the model's real training data; only bundled:digits ships it")
+        raise InputError("train_minority_classifier needs the model's real training data; only bundled:digits ships it")
     loaded = load_model(model)
     images = torch.from_numpy(split_digits(seed).train_images)
     scores = minority_scores(loaded.model, loaded.schedule, images, generator=torch.Generator().manual_seed(seed))
@@ -46,7 +47,7 @@ def train_minority_classifier(out: str, model: str = "bundled:digits", levels: i
 def compare(out: str, dataset: str = "digits", num_samples: int = 512, shard_size: int = 128, workers: int = 2, seed: int = 0, steps: int | None = None, classifier_steps: int = 3000) -> dict:
     """Every method with the same seeds → scores → one report (table + a plot per metric)."""
     if dataset not in DATASETS:
-        raise ValueError(f"compare supports {', '.join(DATASETS)} (it needs the real training data for the classifier baseline), got {dataset!r}")
+        raise InputError(f"compare supports {', '.join(DATASETS)} (it needs the real training data for the classifier baseline), got {dataset!r}")
     model, source, extractor = DATASETS[dataset]
     out = out.rstrip("/")
     reference = f"{out}/reference"

@@ -11,14 +11,14 @@ import datetime as dt
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.config import SynthesisConfig
-from flows.datasets import DatasetEntry, get_dataset
 from flows.scoring import build_reference, score
 from flows.synthesize import synthesize
+from minority_core.config import SynthesisConfig
+from minority_core.config.datasets import DatasetEntry, get_dataset
 
 
 def _dataset_run_name() -> str:
-    return f"{flow_run.parameters.get('dataset', 'dataset')}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    return f"{flow_run.parameters.get('dataset', 'dataset')}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
 
 
 def dataset_config(dataset: str, **overrides) -> SynthesisConfig:
@@ -28,7 +28,7 @@ def dataset_config(dataset: str, **overrides) -> SynthesisConfig:
 
 def entry_config(entry: DatasetEntry, **overrides) -> SynthesisConfig:
     """`dataset_config` for an entry already loaded (e.g. from a file outside the datasets folder)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     guidance = entry.guidance.model_dump()
     fields = dict(
         model=entry.model, preset=entry.preset, extractor=entry.reference.extractor,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.config import SynthesisConfig
 from flows.scoring import ensure_reference, report
 from flows.synthesize import synthesize
+from minority_core.config import SynthesisConfig
 
 DEMO_MODEL = "bundled:digits"
 DEMO_EXTRACTOR = "demo-classifier"

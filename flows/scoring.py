@@ -10,13 +10,13 @@ from __future__ import annotations
 import fsspec
 import numpy as np
 import pyarrow as pa
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect import task
 
-from flows.config import resolve_storage_options
-from minority_core.shards import SCORE_COLUMNS, ShardStore, decode_png
+from minority_core.config import resolve_storage_options
+from minority_core.errors import InputError
+from minority_core.io import SCORE_COLUMNS, ShardStore, decode_png
 from tasks.scoring import build_reference_set, load_reference_features, read_kind, reference_url, score_shard
 
 RARE_CLASSES_BY_MODEL = {"bundled:digits": (8, 9)}
@@ -36,7 +36,7 @@ def ensure_reference(reference: str, extractor: str, source: str | None, storage
     if fs.exists(path):
         return
     if source is None:
-        raise ValueError(f"no reference set at {reference_url(reference, extractor)}: run `minority-synth build-reference` or give reference_source")
+        raise InputError(f"no reference set at {reference_url(reference, extractor)}: run `minority-synth build-reference` or give reference_source")
     build_reference(source, reference, extractor=extractor, device=device, storage_options=storage_options)
 
 
@@ -68,21 +68,21 @@ def filter_samples(run: str, metric: str = "avgknn", top_q: float | None = 0.1, 
     second copy of the images. `per_prompt`: the top fraction of each prompt's samples (at least
     one each), so every prompt contributes its own rare cases rather than the rarest prompt all."""
     if metric not in SCORE_COLUMNS:
-        raise ValueError(f"metric must be one of {', '.join(SCORE_COLUMNS)}, got {metric!r}")
+        raise InputError(f"metric must be one of {', '.join(SCORE_COLUMNS)}, got {metric!r}")
     if (top_q is None) == (threshold is None):
-        raise ValueError("give exactly one of top_q (a fraction in (0, 1]) or threshold")
+        raise InputError("give exactly one of top_q (a fraction in (0, 1]) or threshold")
     if top_q is not None and not 0 < top_q <= 1:
-        raise ValueError(f"top_q must be in (0, 1], got {top_q}")
+        raise InputError(f"top_q must be in (0, 1], got {top_q}")
     if per_prompt and top_q is None:
-        raise ValueError("per_prompt selects a top fraction of each prompt's samples: give top_q, not threshold")
+        raise InputError("per_prompt selects a top fraction of each prompt's samples: give top_q, not threshold")
     store = ShardStore(run, resolve_storage_options(storage_options))
     manifest = _manifest(store)
     scores = read_kind(store, manifest.records(f"scores/{manifest.config['extractor']}"))
     if scores.num_rows == 0:
-        raise ValueError(f"{run} has no scores yet: run `minority-synth score` first")
+        raise InputError(f"{run} has no scores yet: run `minority-synth score` first")
     prompts = _prompts_by_score_row(store, manifest, scores)
     if per_prompt and prompts is None:
-        raise ValueError(f"{run} has no prompts (not a text-to-image run): drop per_prompt")
+        raise InputError(f"{run} has no prompts (not a text-to-image run): drop per_prompt")
     values = np.nan_to_num(scores.column(metric).to_numpy(zero_copy_only=False), nan=-np.inf)
     if per_prompt:
         groups = np.asarray(prompts, dtype=object)
@@ -104,9 +104,9 @@ def filter_samples(run: str, metric: str = "avgknn", top_q: float | None = 0.1, 
 @task(name="arm-result", cache_policy=NO_CACHE, persist_result=False)
 def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, name: str | None = None, seconds: float | None = None):
     """Everything the report shows for one arm, from its shards (scores, labels, images, set metrics)."""
+    from minority_core.io import features_matrix
     from minority_core.metrics import density_coverage, fid_from_features, precision_recall
     from minority_core.report import ArmResult
-    from minority_core.shards import features_matrix
 
     store = ShardStore(run, storage_options)
     manifest = _manifest(store)
@@ -115,7 +115,7 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
     samples = read_kind(store, manifest.records("samples"))
     features = features_matrix(read_kind(store, manifest.records(f"features/{extractor}")))
     if scores.num_rows != samples.num_rows:
-        raise ValueError(f"{run}: {scores.num_rows} scores for {samples.num_rows} samples; run `minority-synth score` first")
+        raise InputError(f"{run}: {scores.num_rows} scores for {samples.num_rows} samples; run `minority-synth score` first")
     images = np.stack([decode_png(cell["bytes"]) for cell in samples.column("image").to_pylist()])
     summary: dict = {"samples": samples.num_rows}
     # Each needs more than k rows on both sides; a run too small for one gets "—" in the report, not a crash.
@@ -126,7 +126,7 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
         summary["fid"] = fid_from_features(reference_features, features)
     model = manifest.config["model"]
     if model in RARE_CLASSES_BY_MODEL:
-        from minority_core.features import DemoClassifierFeatures
+        from minority_core.metrics.features import DemoClassifierFeatures
 
         labels, confidence = DemoClassifierFeatures().predict(images)
         summary["rare_share"] = float(np.isin(labels, RARE_CLASSES_BY_MODEL[model]).mean())
@@ -136,7 +136,7 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
     columns = {c: scores.column(c).to_numpy(zero_copy_only=False) for c in SCORE_COLUMNS}
     columns["in_support"] = scores.column("in_support").to_numpy(zero_copy_only=False)
     if scores.column("sample_id").to_pylist() != samples.column("sample_id").to_pylist():
-        raise ValueError(f"{run}: scores and samples are not in the same order; rerun `minority-synth score`")
+        raise InputError(f"{run}: scores and samples are not in the same order; rerun `minority-synth score`")
     return ArmResult(name or manifest.config.get("arm", run), columns, summary, images, scores.column("sample_id").to_pylist(),
                      prompts=_prompts_of(samples))
 
@@ -149,7 +149,7 @@ def report(runs: list[str], reference: str, out: str, title: str = "minority-syn
     options = resolve_storage_options(storage_options)
     extractors = {_manifest(ShardStore(r, options)).config["extractor"] for r in runs}
     if len(extractors) != 1:
-        raise ValueError(f"runs were featurised with different extractors {sorted(extractors)}: report on runs with one extractor")
+        raise InputError(f"runs were featurised with different extractors {sorted(extractors)}: report on runs with one extractor")
     extractor = extractors.pop()
     reference_features = load_reference_features(reference, extractor, options)
     arms = [arm_result(r, reference_features, options, seconds=None if seconds is None else seconds[i]) for i, r in enumerate(runs)]
@@ -210,5 +210,5 @@ def _artifact_slug(name: str) -> str:
 def _manifest(store: ShardStore):
     manifest = store.read_manifest()
     if manifest is None:
-        raise ValueError(f"no run at {store.url}: no manifest.json (run `minority-synth synthesize` first)")
+        raise InputError(f"no run at {store.url}: no manifest.json (run `minority-synth synthesize` first)")
     return manifest

@@ -17,8 +17,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
-from flows.config import SynthesisConfig
-from flows.ray_pool import ActorPool, InProcessPool
+from minority_core.config import SynthesisConfig
+from tasks.ray_pool import ActorPool, InProcessPool
 from tasks.synthesis import ManifestCommitter, generate_shard, open_store, plan_shards
 
 
@@ -26,7 +26,7 @@ def _run_name() -> str:
     config = flow_run.parameters.get("config") or {}
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
     model = str(get("model", "model")).replace(":", "-").replace("/", "-")[-40:]
-    return f"{get('arm', 'run')}-{model}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    return f"{get('arm', 'run')}-{model}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
 
 
 def make_pool(config: SynthesisConfig):
@@ -122,7 +122,7 @@ def _discard_uncommitted(store, committer, in_flight, config: SynthesisConfig, l
         removed = remove_uncommitted(store, manifest, (SAMPLES, f"features/{config.resolved_extractor()}"))
         if removed:
             logger.warning("run failed: removed %d uncommitted shard file(s): %s", len(removed), ", ".join(removed))
-    except Exception as exc:  # noqa: BLE001 - storage may be the thing that failed; a rerun cleans up too
+    except Exception as exc:
         logger.warning("run failed; uncommitted shard files may remain until the next run (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 

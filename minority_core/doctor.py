@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lpips_distance import alexnet_weights_path, lpips_heads_path
-from .models import BUNDLED_DIR
+from minority_core.diffusion.lpips import alexnet_weights_path, lpips_heads_path
+from minority_core.models import BUNDLED_DIR
 
 # ADM checkpoint file (as published) → the preset that loads it.
 ADM_CHECKPOINTS = {
@@ -78,7 +78,7 @@ def _inception_check() -> Check:
     """Asks features.inception_weights_path itself, so the doctor and FID agree on the place."""
     import torch
 
-    from .features import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILE, inception_weights_path
+    from minority_core.metrics.features import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILE, inception_weights_path
 
     unlocks = "FID/sFID with --extractor inception-pool3"
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from minority_core.errors import InputError
 from minority_synth.env import apply_defaults
 
 apply_defaults()  # before prefect/ray/faiss are imported
@@ -21,30 +22,20 @@ class CliError(click.ClickException):
 
 
 def friendly_errors(fn):
-    """Turn the library's validation errors into `error: <one line>` and exit code 2."""
+    """A `UserError` (bad input, storage, data) becomes `error: <one line>` and exit code 2;
+    anything else is a bug and keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from minority_core.errors import UserError
+
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, PermissionError, TypeError) as exc:
-            raise CliError(one_line(exc)) from None
-        except Exception as exc:
-            if type(exc).__name__ in ("StorageError", "CorruptShardError", "NonFiniteSampleError"):
-                raise CliError(str(exc).splitlines()[0]) from None
-            raise
+        except UserError as exc:
+            text = str(exc).strip()
+            raise CliError(text.splitlines()[0] if text else type(exc).__name__) from None
 
     return wrapper
-
-
-def one_line(exc: BaseException) -> str:
-    """One line for any validation error; pydantic's multi-line report becomes `field: reason; …`."""
-    errors = getattr(exc, "errors", None)
-    if callable(errors) and type(exc).__name__ == "ValidationError":
-        parts = [f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in errors()]
-        return "invalid config: " + "; ".join(parts)
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sampler_options(fn):
@@ -87,7 +78,7 @@ def sampler_options(fn):
 
 def build_sampler_config(model_spec, preset=None, **options):
     """Typed sampler config from CLI values; the model's preset fills what was not given."""
-    from minority_core.presets import sampler_config_for
+    from minority_core.config.presets import sampler_config_for
 
     names = ("guidance_scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "mc_samples", "steps", "sampler", "eta", "batch_size",
              "method", "gamma", "skip", "classifier", "classifier_scale", "cfg_scale", "negative_prompt", "class_labels")
@@ -98,7 +89,7 @@ def build_sampler_config(model_spec, preset=None, **options):
 def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str] | None:
     """`--prompt` values or the lines of `--prompts-file` (not both); None when neither is given."""
     if prompt and prompts_file:
-        raise ValueError("give --prompt or --prompts-file, not both")
+        raise InputError("give --prompt or --prompts-file, not both")
     if not prompts_file:
         return list(prompt) or None
     from minority_core.models.latent import read_prompts_file
@@ -121,16 +112,16 @@ def main():
 @friendly_errors
 def sample(out_dir, num_samples, seed, device, preset, upsampler, adm_flags, **options):
     """Sample in this process: writes OUT/grid.png and OUT/samples/shard-00000.parquet."""
-    from minority_core.generate import check_class_labels, generate, sample_prompts
-    from minority_core.images import grid_png, to_uint8_nhwc
-    from minority_core.labeling import label_samples
+    from minority_core.demo.labeling import label_samples
+    from minority_core.io import ShardStore, samples_table
+    from minority_core.io.images import grid_png, to_uint8_nhwc
     from minority_core.models import load_model, load_options
-    from minority_core.shards import ShardStore, samples_table
+    from minority_core.runs.generate import check_class_labels, generate, sample_prompts
 
     config = build_sampler_config(preset=preset, **options)
     model_options = load_options(preset, upsampler, adm_flags)
     if adm_flags and not options["model_spec"].startswith("adm:"):
-        raise ValueError(f"--adm-flag applies to adm: models only; {options['model_spec']} is not one")
+        raise InputError(f"--adm-flag applies to adm: models only; {options['model_spec']} is not one")
     loaded = load_model(options["model_spec"], device, **model_options)
     check_class_labels(loaded, config)  # before anything is written
     store = ShardStore(str(Path(out_dir).resolve()))
@@ -147,13 +138,13 @@ def sample(out_dir, num_samples, seed, device, preset, upsampler, adm_flags, **o
 
 def parse_storage_options(pairs: tuple[str, ...]) -> tuple[dict, dict]:
     """`key=value` pairs → (plain options for the flow, credential options kept out of Prefect)."""
-    from flows.config import SECRET_KEY
+    from minority_core.config import SECRET_KEY
 
     plain, secret = {}, {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--storage-option must be key=value, got {pair!r}")
+            raise InputError(f"--storage-option must be key=value, got {pair!r}")
         parsed = json.loads(value) if value[:1] in "{[" or value in ("true", "false") else value
         target = secret if SECRET_KEY.search(key) else plain
         if key == "endpoint_url":  # s3fs takes it inside client_kwargs
@@ -182,7 +173,7 @@ def normalise_out(out: str) -> str:
 @friendly_errors
 def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_address, storage_option, overwrite, seed, device, preset, upsampler, adm_flags, model_spec, **sampler):
     """Run the synthesis flow (Prefect + Ray + Parquet shards); rerunning the same command resumes."""
-    from flows.config import SynthesisConfig
+    from minority_core.config import SynthesisConfig
 
     plain = _storage(storage_option)
     prompts = read_prompts(sampler.pop("prompt"), sampler.pop("prompts_file"))
@@ -296,7 +287,7 @@ def doctor():
 
 def _storage(pairs: tuple[str, ...]) -> dict:
     """Plain options for flow parameters; credentials go to the environment for this process only."""
-    from flows.config import STORAGE_OPTIONS_ENV
+    from minority_core.config import STORAGE_OPTIONS_ENV
 
     plain, secret = parse_storage_options(pairs)
     if secret:
@@ -311,7 +302,7 @@ def datasets():
 
 @datasets.command("list")
 def datasets_list():
-    from flows.datasets import DATASETS_DIR, list_datasets
+    from minority_core.config.datasets import DATASETS_DIR, list_datasets
 
     for name in list_datasets():
         click.echo(name)
@@ -322,7 +313,7 @@ def datasets_list():
 @click.argument("name")
 @friendly_errors
 def datasets_show(name):
-    from flows.datasets import get_dataset
+    from minority_core.config.datasets import get_dataset
 
     click.echo(json.dumps(get_dataset(name).model_dump(), indent=2))
 
@@ -332,7 +323,7 @@ def datasets_show(name):
 @friendly_errors
 def datasets_validate(path):
     """Check a dataset file (fields, schedule, and its prompts file if it names one)."""
-    from flows.datasets import load_dataset_file
+    from minority_core.config.datasets import load_dataset_file
 
     entry = load_dataset_file(path)
     prompts = entry.prompt_fields().get("prompts")
@@ -347,11 +338,11 @@ def prefect_api_url() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise ValueError("no Prefect server configured: start one with `minority-synth server` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise InputError("no Prefect server configured: start one with `minority-synth server` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=5).raise_for_status()
     except httpx.HTTPError as exc:
-        raise ValueError(f"Prefect server at {url} is unreachable ({type(exc).__name__}): start it with `minority-synth server`") from None
+        raise InputError(f"Prefect server at {url} is unreachable ({type(exc).__name__}): start it with `minority-synth server`") from None
     return url.rstrip("/")
 
 
@@ -375,17 +366,17 @@ def trigger(dataset, num_samples, shard_size, guidance_scale, steps, seed, worke
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
-    from flows.datasets import get_dataset
+    from minority_core.config.datasets import get_dataset
 
     entry = get_dataset(dataset)
     api = prefect_api_url()
-    out = normalise_out(out) if out else f"{entry.output_url}/{dataset}-{dt.datetime.now(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    out = normalise_out(out) if out else f"{entry.output_url}/{dataset}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     overrides = dict(num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed, workers=workers, out=out)
     parameters = {"dataset": dataset, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         run = run_deployment(name=f"synthesize/{dataset}", parameters=parameters, timeout=0)
     except ObjectNotFound:
-        raise ValueError(f"no deployment synthesize/{dataset} on {api}: serve it with `python deployments/serve.py`") from None
+        raise InputError(f"no deployment synthesize/{dataset} on {api}: serve it with `python deployments/serve.py`") from None
     ui = api[: -len("/api")] if api.endswith("/api") else api
     click.echo(f"flow run {run.name} ({run.id}): {ui}/runs/flow-run/{run.id}")
     if not watch:
@@ -478,8 +469,8 @@ def train_demo(out_dir, seed, unet_steps, classifier_epochs, threads):
     from minority_core.models import BUNDLED_DIR
 
     torch.set_num_threads(threads)
-    from minority_core.train_demo import TrainConfig
-    from minority_core.train_demo import train_demo as run
+    from minority_core.demo.train import TrainConfig
+    from minority_core.demo.train import train_demo as run
 
     overrides = {k: v for k, v in dict(seed=seed, unet_steps=unet_steps, classifier_epochs=classifier_epochs).items() if v is not None}
     stats = run(Path(out_dir) if out_dir else BUNDLED_DIR / "digits", TrainConfig(**overrides), log=click.echo)

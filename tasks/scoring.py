@@ -7,7 +7,7 @@ import pyarrow as pa
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from minority_core.shards import ShardRecord, ShardStore, features_matrix, scores_table
+from minority_core.io import ShardRecord, ShardStore, features_matrix, scores_table
 
 
 def reference_url(reference: str, extractor: str) -> str:
@@ -17,10 +17,10 @@ def reference_url(reference: str, extractor: str) -> str:
 @task(name="build-reference-set", cache_policy=NO_CACHE, persist_result=False)
 def build_reference_set(source: str, extractor: str, reference: str, storage_options: dict, k_lof: int, k_rarity: int, index: str, device: str) -> dict:
     """Features of the real data + the precomputed ReferenceSet (self-kNN radii, LOF lrd), saved once."""
-    from minority_core.features import get_extractor
+    from minority_core.io import features_table, sample_id
+    from minority_core.io.sources import load_reference_images
     from minority_core.metrics import ReferenceSet
-    from minority_core.reference_data import load_reference_images
-    from minority_core.shards import features_table, sample_id
+    from minority_core.metrics.features import get_extractor
 
     images = load_reference_images(source, storage_options)
     features = get_extractor(extractor, device=device)(images)

@@ -10,8 +10,9 @@ from prefect.artifacts import update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from minority_core import __version__
-from minority_core.generate import shard_seed
-from minority_core.shards import Manifest, ShardStore, config_hash
+from minority_core.errors import InputError
+from minority_core.io import Manifest, ShardStore, config_hash
+from minority_core.runs.generate import shard_seed
 
 SAMPLES = "samples"
 
@@ -51,7 +52,7 @@ def plan_shards(config) -> Plan:
     if manifest is not None and manifest.config_hash != config_hash(identity) and not same_run(manifest.config, identity):
         if not config.overwrite:
             changed = sorted(k for k in identity.keys() | manifest.config.keys() if manifest.config.get(k) != identity.get(k))
-            raise ValueError(f"{config.out} holds a run with a different config (differs in: {', '.join(changed)}); use another --out or pass --overwrite")
+            raise InputError(f"{config.out} holds a run with a different config (differs in: {', '.join(changed)}); use another --out or pass --overwrite")
         logger.warning("overwrite: removing the previous run at %s", config.out)
         store.clear()
         manifest = None
@@ -60,7 +61,7 @@ def plan_shards(config) -> Plan:
         # Shard files but no manifest: another tool's output (e.g. `sample --out`), or a run killed
         # before its first commit. Never deleted without being asked.
         if not config.overwrite:
-            raise ValueError(f"{config.out} holds shard files but no manifest.json (another command's output, or a run killed before "
+            raise InputError(f"{config.out} holds shard files but no manifest.json (another command's output, or a run killed before "
                              "its first commit): use another --out, or pass --overwrite to replace them")
         logger.warning("overwrite: removing shard files without a manifest at %s", config.out)
         store.clear()
@@ -152,13 +153,13 @@ class ManifestCommitter:
 
 def worth_retrying(task, task_run, state) -> bool:
     """Retry a shard after a crash or a storage outage, not after a failure its seed will repeat."""
-    from minority_core.sampling import NonFiniteSampleError
+    from minority_core.diffusion.samplers import NonFiniteSampleError
 
     try:
         state.result()
     except (NonFiniteSampleError, ValueError):  # same seed, same config: the same error again
         return False
-    except BaseException:  # noqa: BLE001 - anything else may pass next time
+    except BaseException:
         return True
     return True
 
@@ -166,7 +167,7 @@ def worth_retrying(task, task_run, state) -> bool:
 @task(name="generate-shard", task_run_name="shard-{spec.index:05d}", retries=2, retry_delay_seconds=2, retry_condition_fn=worth_retrying, cache_policy=NO_CACHE, persist_result=False)
 def generate_shard(pool, spec: ShardSpec, committer: ManifestCommitter):
     """Generate one shard on an idle actor (which writes it), then commit it to the manifest."""
-    from flows.ray_pool import call
+    from tasks.ray_pool import call
 
     with pool.borrow() as actor:
         result = call(actor, "generate_shard", spec.index, spec.rows, spec.seed, spec.first_index)

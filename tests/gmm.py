@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from minority_core.diffusion import NoiseSchedule
+from minority_core.diffusion.schedule import NoiseSchedule
 
 # The 2-D test mixture the sampler and baseline tests share: components 2 and 3 are the minority.
 MEANS = [(-0.5, -0.5), (0.5, -0.5), (-0.5, 0.5), (0.5, 0.5)]

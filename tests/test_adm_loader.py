@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minority_core import doctor
-from minority_core.diffusion import NoiseSchedule
-from minority_core.guidance import MinorityGuidance
+from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.diffusion.samplers import ancestral_sample
+from minority_core.diffusion.schedule import NoiseSchedule
 from minority_core.models import load_model
 from minority_core.models.adm import build_adm
 from minority_core.models.adm_loader import PAPER_GUIDANCE, ADMSuperResModel, paper_guidance, sample_imagenet256
-from minority_core.sampling import ancestral_sample
 
 # Same module structure as the presets, reduced width (head width follows width: no parameter).
 FULL_STRUCTURE = dict(num_channels=32, num_head_channels=32)
@@ -231,7 +231,7 @@ def test_doctor_flags_presence(tmp_path, monkeypatch) -> None:
 def test_imagenet256_is_one_load_and_one_generate(ckpts) -> None:
     """`adm:BASE --preset imagenet64to256 --upsampler UP`: generate() runs the guided 64 px stage,
     then the upsampler unguided (here at reduced sizes, 16 → 64, the same 4× ratio)."""
-    from minority_core.generate import SamplerConfig, generate
+    from minority_core.runs.generate import SamplerConfig, generate
 
     loaded = load_model("adm:" + ckpts["imagenet_tiny"], preset="imagenet64to256", upsampler=ckpts["upsampler_tiny"], upsampler_options=TINY_SR, **TINY)
     assert loaded.upsampler is not None and loaded.num_classes == 1000
@@ -268,7 +268,7 @@ def test_cli_sample_with_explicit_adm_flags(ckpts, tmp_path) -> None:
     from click.testing import CliRunner
     from PIL import Image
 
-    from minority_core.shards import ShardStore
+    from minority_core.io import ShardStore
     from minority_synth.cli import main
 
     out = tmp_path / "run"
@@ -287,8 +287,8 @@ def test_cli_sample_with_explicit_adm_flags(ckpts, tmp_path) -> None:
 
 @pytest.mark.usefixtures("prefect_api", "ray_local")
 def test_synthesis_config_carries_adm_flags_to_the_workers(ckpts, tmp_path) -> None:
-    from flows.config import SynthesisConfig
     from flows.synthesize import synthesize
+    from minority_core.config import SynthesisConfig
 
     flags = [f"{k}={v}" for k, v in TINY.items()]
     config = SynthesisConfig(model="adm:" + ckpts["celeba_tiny"], preset="celeba64", adm_flags=flags, num_samples=3, shard_size=2, steps=2,

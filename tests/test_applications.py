@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from minority_core.augment import augmentation_sets, markdown_table, train_and_evaluate, uint8_to_float
-from minority_core.digits import split_digits
+from minority_core.demo.augment import augmentation_sets, markdown_table, train_and_evaluate, uint8_to_float
+from minority_core.demo.digits import split_digits
 
 
 def test_augmentation_sets_add_generated_samples():

@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.config import SynthesisConfig
-from flows.datasets import load_dataset_file
-from minority_core.guidance import MinorityGuidance
+from minority_core.config import SynthesisConfig
+from minority_core.config.datasets import load_dataset_file
+from minority_core.diffusion.guidance import MinorityGuidance
 from minority_synth.cli import main
 
 VALID_DATASET = """name: {name}
@@ -125,9 +125,9 @@ CASES = {
         "ADM checkpoint not found",
     ),
     # --- feature files
-    "features: NaN": (raises_case(lambda t: __import__("minority_core.shards", fromlist=["x"]).features_table(["a"], np.array([[np.nan, 1.0]])), ""), "NaN or inf"),
+    "features: NaN": (raises_case(lambda t: __import__("minority_core.io", fromlist=["x"]).features_table(["a"], np.array([[np.nan, 1.0]])), ""), "NaN or inf"),
     "features: corrupt shard": (raises_case(lambda t: _corrupt_features(t), ""), "sha256"),
-    "features: missing reference set": (raises_case(lambda t: __import__("minority_core.metrics", fromlist=["x"]).ReferenceSet.load(str(t / "none")), ""), str("none")),
+    "features: missing reference set": (raises_case(lambda t: __import__("minority_core.metrics", fromlist=["x"]).ReferenceSet.load(str(t / "none")), ""), "none"),
     # --- metric parameters
     "metric: k ≥ N": (raises_case(lambda t: reference(n=5), ""), "k"),
     "metric: dimension mismatch": (raises_case(lambda t: reference().score(np.zeros((3, 7), np.float32)), ""), "dim"),
@@ -157,7 +157,7 @@ def _load_classifier(path: Path):
 
 
 def _corrupt_features(tmp: Path):
-    from minority_core.shards import ShardStore, features_table
+    from minority_core.io import ShardStore, features_table
 
     store = ShardStore(str(tmp / "run"))
     record = store.write_shard("features/x", 0, features_table(["a", "b"], np.ones((2, 3), np.float32)))

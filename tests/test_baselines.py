@@ -19,10 +19,9 @@ from minority_core.baselines import (
     train_level_classifier,
 )
 from minority_core.baselines.minority_classifier import level_accuracy
-from minority_core.diffusion import NoiseSchedule
-from minority_core.sampling import ancestral_sample
+from minority_core.diffusion.samplers import ancestral_sample
+from minority_core.diffusion.schedule import NoiseSchedule
 from tests.gmm import MEANS, SMALL, STD, WEIGHTS, GaussianMixtureDenoiser
-
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_boost_and_skip_defaults_raise_minority_share_in_high_dimension():
 
 @pytest.fixture(scope="module")
 def digits():
-    from minority_core.digits import RARE_CLASSES, split_digits
+    from minority_core.demo.digits import RARE_CLASSES, split_digits
     from minority_core.models import load_model
 
     loaded = load_model("bundled:digits")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from minority_core.generate import SamplerConfig, generate
 from minority_core.models import load_model
+from minority_core.runs.generate import SamplerConfig, generate
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,8 @@ def test_cli_refuses_labels_for_an_unconditional_model_before_writing(tmp_path):
 @pytest.mark.parametrize("workers", [0, 1])
 def test_flow_refuses_out_of_range_labels_at_worker_start_in_one_line(conditional_model, tmp_path, workers):
     """In a Ray actor too: the worker's own ValueError (not Ray's ActorDiedError report), before any shard task."""
-    from flows.config import SynthesisConfig
     from flows.synthesize import synthesize
+    from minority_core.config import SynthesisConfig
     from tests.faults.helpers import task_run_messages
 
     config = SynthesisConfig(model=conditional_model, num_samples=4, shard_size=2, steps=2, out=str(tmp_path / "run"), workers=workers,
@@ -87,7 +87,7 @@ def test_dataset_files_take_class_labels(conditional_model, tmp_path):
     import yaml
 
     from flows.dataset_runs import entry_config
-    from flows.datasets import load_dataset_file
+    from minority_core.config.datasets import load_dataset_file
 
     entry = {"name": "cond", "model": conditional_model, "reference": {"source": "/data", "url": "/ref"}, "output": "/out",
              "guidance": {"class_labels": [1, 3]}}

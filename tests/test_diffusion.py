@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minority_core.diffusion import NoiseSchedule
+from minority_core.diffusion.schedule import NoiseSchedule
 
 
 def test_linear_schedule_endpoints_and_scaling():
@@ -18,7 +18,9 @@ def test_linear_schedule_endpoints_and_scaling():
 
 def test_cosine_schedule_matches_alpha_bar_formula():
     s = NoiseSchedule.cosine(1000)
-    f = lambda t: math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+    def f(t):
+        return math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+
     for t in (0, 10, 500, 998):
         assert s.alphas_cumprod[t] == pytest.approx(f(t + 1) / f(0), rel=1e-9)
     assert s.betas.max() <= 0.999

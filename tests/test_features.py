@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from minority_core import features as fx
-from minority_core.features import (
+from minority_core.demo.classifier import DigitClassifier
+from minority_core.metrics import features as fx
+from minority_core.metrics.features import (
     EXTRACTORS,
     INCEPTION_WEIGHTS_FILE,
     DemoClassifierFeatures,
@@ -23,7 +24,6 @@ from minority_core.features import (
     resize_bilinear_tf1,
 )
 from minority_core.models import BUNDLED_DIR
-from minority_core.models.digit_classifier import DigitClassifier
 
 # ---------------------------------------------------------------- data
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from minority_core import knn as knn_module
-from minority_core.knn import KnnIndex
+from minority_core.metrics import knn as knn_module
+from minority_core.metrics.knn import KnnIndex
 
 
 def mixture(n: int, d: int, seed: int, components: int = 8) -> np.ndarray:

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from minority_core.guidance import MinorityGuidance, l2_distance, minority_gradient
+from minority_core.diffusion.guidance import MinorityGuidance, l2_distance, minority_gradient
 from minority_core.models.latent import (
     ByteTokenizer,
     TinyTextEncoder,
@@ -19,6 +19,7 @@ from minority_core.models.latent import (
     shard_prompts,
 )
 from tests.tiny_latent import HAS_TRANSFORMERS, IMAGE, PROMPTS, build_tiny_pipeline
+
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):

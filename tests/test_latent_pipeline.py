@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from minority_core.generate import SamplerConfig, generate
-from minority_core.guidance import MinorityGuidance
+from minority_core.config.presets import sampler_config_for
+from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.io import ShardStore
 from minority_core.models import load_model
 from minority_core.models.latent import shard_prompts
-from minority_core.presets import sampler_config_for
-from minority_core.shards import ShardStore
+from minority_core.runs.generate import SamplerConfig, generate
 from tests.tiny_latent import HAS_TRANSFORMERS, IMAGE, build_tiny_pipeline
 
 PROMPTS = ["a cat", "red dog", "a dog"]
@@ -160,8 +160,8 @@ def test_cli_refuses_prompts_for_a_pixel_model(tmp_path):
 
 @pytest.mark.usefixtures("prefect_api", "ray_local")
 def test_flow_on_ray_writes_prompts_per_shard_resumes_and_matches_in_process(latent_spec, tmp_path):
-    from flows.config import SynthesisConfig
     from flows.synthesize import synthesize
+    from minority_core.config import SynthesisConfig
 
     base = dict(model=latent_spec, num_samples=5, shard_size=2, steps=3, guidance_scale=1.0, every=1, cfg_scale=2.0,
                 prompts=PROMPTS, extractor="pixels", sampler="ddim")
@@ -216,7 +216,7 @@ def test_flow_on_ray_writes_prompts_per_shard_resumes_and_matches_in_process(lat
 
 
 def test_synthesis_config_refuses_prompts_for_pixel_models(tmp_path):
-    from flows.config import SynthesisConfig
+    from minority_core.config import SynthesisConfig
 
     with pytest.raises(ValueError, match="prompts apply to text-to-image"):
         SynthesisConfig(model="bundled:digits", num_samples=2, out=str(tmp_path), prompts=["a cat"])
@@ -231,7 +231,7 @@ def test_synthesis_config_refuses_prompts_for_pixel_models(tmp_path):
 
 def test_example_text_to_image_dataset_validates_and_reads_its_prompts_file():
     from flows.dataset_runs import entry_config
-    from flows.datasets import PROJECT_ROOT, load_dataset_file
+    from minority_core.config.datasets import PROJECT_ROOT, load_dataset_file
 
     entry = load_dataset_file(PROJECT_ROOT / "deployments" / "examples" / "sd-rare-scenes.yaml")
     lines = [line for line in (PROJECT_ROOT / "deployments" / "examples" / "street-prompts.txt").read_text().splitlines() if line.strip()]
@@ -258,7 +258,7 @@ def test_example_text_to_image_dataset_validates_and_reads_its_prompts_file():
 def test_dataset_prompt_mistakes_name_the_file_and_field(tmp_path, extra, message):
     import yaml
 
-    from flows.datasets import load_dataset_file
+    from minority_core.config.datasets import load_dataset_file
 
     entry = {"name": "t2i", "model": "latent:/models/sd", "reference": {"source": "/data", "url": "/ref"}, "output": "/out", **extra}
     path = tmp_path / "t2i.yaml"

@@ -9,10 +9,10 @@ import pickle
 import pytest
 import torch
 
-from minority_core.diffusion import NoiseSchedule
-from minority_core.guidance import MinorityGuidance, minority_loss
-from minority_core.lpips_distance import ALEXNET_FILE, CHANNELS, LPIPS, AlexNetFeatures, load_lpips, lpips_heads_path
-from minority_core.sampling import ancestral_sample
+from minority_core.diffusion.guidance import MinorityGuidance, minority_loss
+from minority_core.diffusion.lpips import ALEXNET_FILE, CHANNELS, LPIPS, AlexNetFeatures, load_lpips, lpips_heads_path
+from minority_core.diffusion.samplers import ancestral_sample
+from minority_core.diffusion.schedule import NoiseSchedule
 
 SHAPE = (2, 3, 32, 32)
 

@@ -8,8 +8,6 @@ import pytest
 from scipy import linalg
 from sklearn.neighbors import LocalOutlierFactor
 
-from minority_core import knn as knn_module
-from minority_core.knn import KnnIndex
 from minority_core.metrics import (
     ReferenceSet,
     density_coverage,
@@ -18,6 +16,8 @@ from minority_core.metrics import (
     frechet_distance,
     precision_recall,
 )
+from minority_core.metrics import knn as knn_module
+from minority_core.metrics.knn import KnnIndex
 
 # ---------------------------------------------------------------- data and oracles
 

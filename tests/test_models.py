@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from minority_core.features import DemoClassifierFeatures
-from minority_core.guidance import MinorityGuidance
+from minority_core.config.presets import defaults_for, sampler_config_for
+from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.diffusion.samplers import ancestral_sample
+from minority_core.metrics.features import DemoClassifierFeatures
 from minority_core.models import BUNDLED_DIR, load_model
-from minority_core.presets import defaults_for, sampler_config_for
-from minority_core.sampling import ancestral_sample
 
 
 def test_bundled_model_loads_and_samples_digits():
@@ -120,7 +120,7 @@ def test_bundled_classifier_is_reproducible_from_its_seed():
     code = (
         "import torch; torch.set_num_threads(1)\n"
         "from safetensors.torch import load_file\n"
-        "from minority_core.train_demo import TrainConfig, train_classifier\n"
+        "from minority_core.demo.train import TrainConfig, train_classifier\n"
         "from minority_core.models import BUNDLED_DIR\n"
         "m, _ = train_classifier(TrainConfig(), log=lambda *a: None)\n"
         "ref = load_file(str(BUNDLED_DIR / 'digits' / 'classifier.safetensors'))\n"

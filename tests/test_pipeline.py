@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from flows.config import SynthesisConfig
-from minority_core.shards import ShardStore, StorageError
+from minority_core.config import SynthesisConfig
+from minority_core.io import ShardStore, StorageError
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "ray_local")
 
@@ -160,7 +158,7 @@ def test_shard_files_without_a_manifest_are_refused_unless_overwrite(tiny_diffus
 
 def test_a_run_recorded_by_the_previous_version_resumes(tiny_diffusers_model, tmp_path):
     """Manifests written before class labels became a list carry `class_label: null`: same run, resumed."""
-    from minority_core.shards import Manifest
+    from minority_core.io import Manifest
 
     cfg = config(tiny_diffusers_model, str(tmp_path / "run"), workers=0)
     run(cfg)
@@ -179,8 +177,8 @@ def test_a_worker_whose_start_failed_retries_it_before_its_next_shard(tiny_diffu
     start-up error as itself; once the model is back, the next shard starts the worker again."""
     import shutil
 
-    from minority_core.generate import shard_seed
-    from minority_core.worker import ShardWorker
+    from minority_core.runs.generate import shard_seed
+    from minority_core.runs.worker import ShardWorker
 
     folder = tmp_path / "model"
     cfg = config(str(folder), str(tmp_path / "out"), workers=0)

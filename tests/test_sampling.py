@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from minority_core.diffusion import NoiseSchedule
-from minority_core.guidance import MinorityGuidance, l2_distance, minority_gradient, minority_loss
-from minority_core.sampling import NonFiniteSampleError, ancestral_sample, ddim_sample
+from minority_core.diffusion.guidance import MinorityGuidance, l2_distance, minority_gradient, minority_loss
+from minority_core.diffusion.samplers import NonFiniteSampleError, ancestral_sample, ddim_sample
+from minority_core.diffusion.schedule import NoiseSchedule
 from tests.gmm import MEANS, SMALL, STD, WEIGHTS, GaussianMixtureDenoiser
-
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +164,12 @@ def test_var_versus_fixed_scale_type(gmm, schedule, learned):
     for scale_type in ("var", "fixed"):
         guidance = MinorityGuidance(scale=1.5, every=1, scale_type=scale_type)
         seen = {}
-        ancestral_sample(model, schedule, shape, guidance=guidance, steps=steps, generator=torch.Generator().manual_seed(4), callback=lambda i, x, x0: seen.setdefault(i, x.clone()), clip_range=None)
+        ancestral_sample(model, schedule, shape, guidance=guidance, steps=steps, generator=torch.Generator().manual_seed(4), callback=lambda i, x, x0, seen=seen: seen.setdefault(i, x.clone()), clip_range=None)
         results[scale_type] = seen[1]
     grid = schedule.respace(steps)
     gen = torch.Generator().manual_seed(4)
-    x_T = torch.randn(shape, generator=gen)
-    g, _ = minority_gradient(model, grid, x_T, 1, MinorityGuidance(scale=1.5, every=1), l2_distance, gen)
+    x_start = torch.randn(shape, generator=gen)
+    g, _ = minority_gradient(model, grid, x_start, 1, MinorityGuidance(scale=1.5, every=1), l2_distance, gen)
     variance = math.exp(grid.learned_log_variance(1, torch.tensor(0.3)).item()) if learned else grid.posterior_variance[1]
     torch.testing.assert_close(results["var"] - results["fixed"], g * (variance - 1.0), atol=1e-5, rtol=1e-4)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.config import SynthesisConfig
+from minority_core.config import SynthesisConfig
+from minority_core.io import ShardStore, features_matrix
 from minority_core.metrics import ReferenceSet
-from minority_core.shards import ShardStore, features_matrix
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "ray_local")
 

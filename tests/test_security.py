@@ -10,8 +10,8 @@ import pickle
 import pytest
 import torch
 
-from flows.config import STORAGE_OPTIONS_ENV, SynthesisConfig
-from minority_core.shards import ShardStore
+from minority_core.config import STORAGE_OPTIONS_ENV, SynthesisConfig
+from minority_core.io import ShardStore
 
 FAKE_SECRET = "FAKE-SECRET-d41d8cd98f00b204"
 
@@ -88,7 +88,7 @@ def test_servers_bind_loopback_by_default():
 
 
 def test_no_writes_outside_the_output_root(tmp_path):
-    from minority_core.shards import features_table
+    from minority_core.io import features_table
 
     store = ShardStore(str(tmp_path / "root"))
     for kind in ("../evil", "features/../../evil", "/etc/evil", "selections/../../x"):

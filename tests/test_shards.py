@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minority_core import shards
-from minority_core.shards import (
+import minority_core.io as shards
+from minority_core.io import (
     FEATURES_SCHEMA,
     SAMPLES_SCHEMA,
     CorruptShardError,

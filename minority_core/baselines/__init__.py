@@ -5,11 +5,11 @@
 - `minority_classifier`: minority guidance (Um, Lee & Ye, ICLR 2024): minority scores of real
   data → quantile levels → a noise-conditional level classifier → classifier guidance.
 
-Both run on the same model interface and respaced grids as `minority_core.sampling`.
+Both run on the same model interface and respaced grids as `minority_core.diffusion.samplers`.
 """
 
-from .boost_and_skip import boost_and_skip_sample
-from .minority_classifier import (
+from minority_core.baselines.boost_and_skip import boost_and_skip_sample
+from minority_core.baselines.minority_classifier import (
     LevelClassifier,
     classifier_guided_sample,
     load_level_classifier,

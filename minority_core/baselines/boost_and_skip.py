@@ -36,9 +36,10 @@ import math
 
 import torch
 
-from ..diffusion import NoiseSchedule
-from ..model_api import DenoisingModel
-from ..sampling import StepCallback, ancestral_sample
+from minority_core.diffusion.model_api import DenoisingModel
+from minority_core.diffusion.samplers import StepCallback, ancestral_sample
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError
 
 DEFAULT_GAMMA = 4.0
 DEFAULT_SKIP = 3
@@ -64,11 +65,11 @@ def boost_and_skip_sample(
     Costs steps − skip model forwards (no guidance). γ = 1, skip = 0 is standard sampling.
     """
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
-        raise ValueError(f"gamma must be a finite number > 0 (the initial noise's std multiplier), got {gamma!r}")
+        raise InputError(f"gamma must be a finite number > 0 (the initial noise's std multiplier), got {gamma!r}")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 2:
-        raise ValueError(f"steps must be an integer ≥ 2, got {steps!r}")
+        raise InputError(f"steps must be an integer ≥ 2, got {steps!r}")
     if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip < steps:
-        raise ValueError(f"skip must be an integer in [0, {steps - 1}] for {steps} steps, got {skip!r}")
+        raise InputError(f"skip must be an integer in [0, {steps - 1}] for {steps} steps, got {skip!r}")
     return ancestral_sample(
         model, schedule, shape, steps=steps, generator=generator, progress=progress, class_labels=class_labels,
         clip_range=clip_range, device=device, init_scale=float(gamma), start_index=steps - 1 - skip, callback=callback,

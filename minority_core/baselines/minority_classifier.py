@@ -7,7 +7,7 @@ The predecessor of the self-guided method (DESIGN §1): it needs a classifier tr
    at grid index s = 60 of a 100-step respaced grid (≈ 0.6 T), averaged over 5 draws of ε — the
    authors' `construct_ms_dataset.py` (`timestep_respacing="100"`, `perturb_t=60`, `n_iter=5`).
    Like theirs, x̂0 is clipped to [−1, 1] (their `p_mean_variance` default). They use LPIPS-VGG;
-   we offer `"lpips"` (LPIPS-AlexNet, `minority_core.lpips_distance`) and `"l2"` (unsquared
+   we offer `"lpips"` (LPIPS-AlexNet, `minority_core.diffusion.lpips`) and `"l2"` (unsquared
    per-sample norm, no weights needed; the default, as for `MinorityGuidance`).
 2. `quantile_levels`: L quantile bins, thresholds q_j = quantile(l, (j+1)/L), label j for
    q_{j−1} < l ≤ q_j (their labelling loop); level L−1 holds the highest scores.
@@ -41,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..diffusion import NoiseSchedule
-from ..guidance import l2_distance
-from ..model_api import DenoisingModel, ModelOutput, call_model, model_device
-from ..sampling import StepCallback, ancestral_sample
+from minority_core.diffusion.guidance import l2_distance
+from minority_core.diffusion.model_api import DenoisingModel, ModelOutput, call_model, model_device
+from minority_core.diffusion.samplers import StepCallback, ancestral_sample
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError
 
 # Reference settings (authors' code) and the demo's.
 SCORE_STEPS = 100
@@ -87,24 +88,24 @@ def minority_scores(
     `generator` (noise drawn on the generator's device), so a seed fixes the scores.
     """
     if distance not in ("l2", "lpips"):
-        raise ValueError(f"distance must be 'l2' or 'lpips', got {distance!r}")
+        raise InputError(f"distance must be 'l2' or 'lpips', got {distance!r}")
     if not _is_int(draws) or draws < 1:
-        raise ValueError(f"draws must be an integer ≥ 1, got {draws!r}")
+        raise InputError(f"draws must be an integer ≥ 1, got {draws!r}")
     if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+        raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     grid = schedule.respace(steps)
     if not _is_int(perturb_index) or not 0 <= perturb_index < len(grid):
-        raise ValueError(f"perturb_index must be an integer in [0, {len(grid) - 1}] for {steps} steps, got {perturb_index!r}")
+        raise InputError(f"perturb_index must be an integer in [0, {len(grid) - 1}] for {steps} steps, got {perturb_index!r}")
     device = torch.device(device) if device is not None else model_device(model)
     images = _as_tensor(images)
     if images.dim() < 2 or not images.is_floating_point():
-        raise ValueError(f"images must be a float batch (N, C, ...) in [-1, 1], got {images.dtype} shape {tuple(images.shape)}")
+        raise InputError(f"images must be a float batch (N, C, ...) in [-1, 1], got {images.dtype} shape {tuple(images.shape)}")
     if class_labels is not None and class_labels.shape != (images.shape[0],):
-        raise ValueError(f"class_labels must have shape ({images.shape[0]},), got {tuple(class_labels.shape)}")
+        raise InputError(f"class_labels must have shape ({images.shape[0]},), got {tuple(class_labels.shape)}")
     if distance == "l2":
         dist = l2_distance
     else:
-        from ..lpips_distance import load_lpips
+        from minority_core.diffusion.lpips import load_lpips
 
         dist = load_lpips(device)
 
@@ -133,9 +134,9 @@ def quantile_levels(scores: np.ndarray | torch.Tensor, levels: int = DEFAULT_LEV
     """
     scores = np.asarray(scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size == 0 or not np.all(np.isfinite(scores)):
-        raise ValueError(f"scores must be a non-empty 1-D array of finite values, got shape {scores.shape}")
+        raise InputError(f"scores must be a non-empty 1-D array of finite values, got shape {scores.shape}")
     if not _is_int(levels) or levels < 2:
-        raise ValueError(f"levels must be an integer ≥ 2, got {levels!r}")
+        raise InputError(f"levels must be an integer ≥ 2, got {levels!r}")
     thresholds = level_thresholds(scores, levels)
     return np.searchsorted(thresholds, scores, side="left").astype(np.int64)
 
@@ -161,7 +162,7 @@ class LevelClassifier(nn.Module):
                  channel_mults: tuple[int, ...] = (1, 2, 2), time_dim: int = 64, num_timesteps: int = 1000) -> None:
         super().__init__()
         if num_levels < 2:
-            raise ValueError(f"num_levels must be ≥ 2, got {num_levels}")
+            raise InputError(f"num_levels must be ≥ 2, got {num_levels}")
         self.config = {
             "in_channels": int(in_channels), "num_levels": int(num_levels), "width": int(width),
             "channel_mults": [int(m) for m in channel_mults], "time_dim": int(time_dim), "num_timesteps": int(num_timesteps),
@@ -225,18 +226,18 @@ def train_level_classifier(
     `classifier.train_log` holds (step, mean loss over the last ≤ 50 steps) every 50 steps.
     """
     if not _is_int(steps) or steps < 1:
-        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
+        raise InputError(f"steps must be an integer ≥ 1, got {steps!r}")
     if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+        raise InputError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     device = torch.device(device)
     x_all = _as_tensor(images).to(device, torch.float32)
     y_all = _as_tensor(levels).to(device, torch.long)
     if x_all.dim() != 4 or y_all.shape != (x_all.shape[0],):
-        raise ValueError(f"images must be NCHW and levels [N]; got {tuple(x_all.shape)} and {tuple(y_all.shape)}")
+        raise InputError(f"images must be NCHW and levels [N]; got {tuple(x_all.shape)} and {tuple(y_all.shape)}")
     n_levels = int(num_levels if num_levels is not None else (classifier.num_levels if classifier is not None else int(y_all.max()) + 1))
     if y_all.min() < 0 or y_all.max() >= n_levels:
-        raise ValueError(f"levels must lie in [0, {n_levels - 1}]")
-    T = len(model_schedule)
+        raise InputError(f"levels must lie in [0, {n_levels - 1}]")
+    T = len(model_schedule)  # noqa: N806 - the paper's symbol
     torch.manual_seed(seed)  # parameter initialisation
     if classifier is None:
         classifier = LevelClassifier(x_all.shape[1], n_levels, width=width, num_timesteps=T)
@@ -316,14 +317,14 @@ def classifier_guided_sample(
     Cost per step: one model forward + one classifier forward and backward.
     """
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"scale must be a finite number ≥ 0, got {scale!r}")
+        raise InputError(f"scale must be a finite number ≥ 0, got {scale!r}")
     num_levels = getattr(classifier, "num_levels", None)
     if target_level is None:
         if num_levels is None:
-            raise ValueError("target_level is required for a classifier without a num_levels attribute")
+            raise InputError("target_level is required for a classifier without a num_levels attribute")
         target_level = num_levels - 1
     if not _is_int(target_level) or target_level < 0 or (num_levels is not None and target_level >= num_levels):
-        raise ValueError(f"target_level must be an integer in [0, {num_levels - 1 if num_levels else '…'}], got {target_level!r}")
+        raise InputError(f"target_level must be an integer in [0, {num_levels - 1 if num_levels else '…'}], got {target_level!r}")
 
     def shift(x: torch.Tensor, i: int, grid: NoiseSchedule, out: ModelOutput, variance: torch.Tensor | float) -> torch.Tensor:
         if scale == 0:
@@ -366,10 +367,10 @@ def load_level_classifier(directory: str | Path, device: torch.device | str = "c
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
-        raise ValueError(f"no level classifier in {directory}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+        raise InputError(f"no level classifier in {directory}: expected {CONFIG_FILE} and {WEIGHTS_FILE}")
     data = json.loads(config_path.read_text())
     if data.get("format") != FORMAT:
-        raise ValueError(f"{config_path} is not a level-classifier config (format {data.get('format')!r}, expected {FORMAT!r})")
+        raise InputError(f"{config_path} is not a level-classifier config (format {data.get('format')!r}, expected {FORMAT!r})")
     cfg = dict(data["config"])
     cfg["channel_mults"] = tuple(cfg["channel_mults"])
     classifier = LevelClassifier(**cfg)

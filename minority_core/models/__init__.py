@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..diffusion import NoiseSchedule
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError
 
 if TYPE_CHECKING:
-    from .latent import LatentPipeline
+    from minority_core.models.latent import LatentPipeline
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 BUNDLED_MODELS = ("digits",)
@@ -31,24 +32,24 @@ class LoadedModel:
     shape: tuple[int, int, int]  # (C, H, W)
     num_classes: int | None
     spec: str
-    upsampler: "LoadedModel | None" = None  # a second, unguided super-resolution stage (ImageNet 64→256)
-    latent: "LatentPipeline | None" = None  # latent: specs; `model` is then its UNet and `shape` the decoded image's
+    upsampler: LoadedModel | None = None  # a second, unguided super-resolution stage (ImageNet 64→256)
+    latent: LatentPipeline | None = None  # latent: specs; `model` is then its UNet and `shape` the decoded image's
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     """'scheme:target' → (scheme, target), with a clear error for anything else."""
     scheme, sep, target = str(spec).partition(":")
     if not sep or scheme not in SCHEMES or not target:
-        raise ValueError(f"unknown model spec {spec!r}: use bundled:digits, diffusers:PATH_OR_ID, adm:PATH or latent:PATH")
+        raise InputError(f"unknown model spec {spec!r}: use bundled:digits, diffusers:PATH_OR_ID, adm:PATH or latent:PATH")
     if scheme == "bundled" and target not in BUNDLED_MODELS:
-        raise ValueError(f"unknown bundled model {target!r}: available: {', '.join(BUNDLED_MODELS)}")
+        raise InputError(f"unknown bundled model {target!r}: available: {', '.join(BUNDLED_MODELS)}")
     return scheme, target
 
 
 def load_options(preset: str | None = None, upsampler: str | None = None, adm_flags=()) -> dict:
     """`load_model`'s keyword options from the edge's values: the ADM preset and upsampler when
     given, and `--adm-flag key=value` strings parsed to typed flags."""
-    from .adm_loader import parse_adm_flags
+    from minority_core.models.adm_loader import parse_adm_flags
 
     options = {k: v for k, v in dict(preset=preset, upsampler=upsampler).items() if v}
     return {**options, **parse_adm_flags(adm_flags)}
@@ -58,25 +59,25 @@ def load_model(spec: str, device: torch.device | str = "cpu", **options) -> Load
     """Load a model from its spec onto `device`, ready for sampling (eval mode, weights only)."""
     scheme, target = parse_spec(spec)
     if scheme == "adm":
-        from .adm_loader import load_adm
+        from minority_core.models.adm_loader import load_adm
 
         if options.get("preset") == "imagenet64to256" and options.get("upsampler"):
             return _load_two_stage(target, device, spec, options)
         options.pop("upsampler", None)
         return load_adm(target, device=device, spec=spec, **options)
     if options:
-        raise ValueError(f"options {sorted(options)} apply only to adm: specs")
+        raise InputError(f"options {sorted(options)} apply only to adm: specs")
     if scheme == "latent":
-        from .latent import load_latent_pipeline
+        from minority_core.models.latent import load_latent_pipeline
 
         pipe = load_latent_pipeline(target, device)
         return LoadedModel(pipe.unet, pipe.schedule, pipe.image_shape, None, spec, latent=pipe)
-    from .diffusers_unet import load_diffusers_unet
+    from minority_core.models.diffusers_unet import load_diffusers_unet
 
     if scheme == "bundled":
         path = BUNDLED_DIR / target
         if not (path / "unet" / "config.json").is_file():
-            raise ValueError(f"the bundled {target} model is missing from {path}: run `minority-synth train-demo` to rebuild it")
+            raise InputError(f"the bundled {target} model is missing from {path}: run `minority-synth train-demo` to rebuild it")
         model, schedule, shape, num_classes = load_diffusers_unet(str(path), device)
     else:
         model, schedule, shape, num_classes = load_diffusers_unet(target, device)
@@ -89,7 +90,7 @@ def _load_two_stage(target: str, device, spec: str, options: dict) -> LoadedMode
     `upsampler`, `adm:PATH --preset imagenet64to256` loads PATH as the upsampler alone.)"""
     from dataclasses import replace
 
-    from .adm_loader import load_adm
+    from minority_core.models.adm_loader import load_adm
 
     options = dict(options)
     options.pop("preset")
@@ -104,14 +105,14 @@ def load_digit_classifier(device: torch.device | str = "cpu", path: Path | None 
     """The bundled digit classifier (weights from safetensors), in eval mode."""
     from safetensors.torch import load_file
 
-    from .digit_classifier import DigitClassifier
+    from minority_core.demo.classifier import DigitClassifier
 
     path = path or BUNDLED_DIR / "digits" / "classifier.safetensors"
     if not Path(path).is_file():
-        raise ValueError(f"digit classifier weights missing at {path}: run `minority-synth train-demo` to rebuild them")
+        raise InputError(f"digit classifier weights missing at {path}: run `minority-synth train-demo` to rebuild them")
     model = DigitClassifier()
     try:
         model.load_state_dict(load_file(str(path)))
     except Exception as exc:  # truncated file, wrong architecture: one line naming the file
-        raise ValueError(f"digit classifier weights at {path} do not load ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        raise InputError(f"digit classifier weights at {path} do not load ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
     return model.to(device).eval()

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minority_core.errors import InputError
+
 __all__ = [
     "ADM_PRESETS",
     "ADMSuperResUNet",
@@ -184,10 +186,10 @@ class AttentionBlock(nn.Module):
         super().__init__()
         if num_head_channels is not None:
             if channels % num_head_channels:
-                raise ValueError(f"{channels} channels are not divisible by num_head_channels={num_head_channels}")
+                raise InputError(f"{channels} channels are not divisible by num_head_channels={num_head_channels}")
             num_heads = channels // num_head_channels
         if channels % num_heads:
-            raise ValueError(f"{channels} channels are not divisible by num_heads={num_heads}")
+            raise InputError(f"{channels} channels are not divisible by num_heads={num_heads}")
         self.num_heads = num_heads
         self.legacy_order = not new_order
         self.norm = _norm(channels)
@@ -298,7 +300,7 @@ class ADMUNet(nn.Module):
 
     def forward(self, x: Tensor, timesteps: Tensor, y: Tensor | None = None) -> Tensor:
         if (y is None) != (self.num_classes is None):
-            raise ValueError("pass class labels y if and only if the model is class-conditional")
+            raise InputError("pass class labels y if and only if the model is class-conditional")
         timesteps = torch.as_tensor(timesteps, device=x.device).expand(x.shape[0])
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
         if y is not None:
@@ -322,7 +324,7 @@ class ADMSuperResUNet(ADMUNet):
         self, x: Tensor, timesteps: Tensor, low_res: Tensor | None = None, y: Tensor | None = None
     ) -> Tensor:
         if low_res is None:
-            raise ValueError("the super-resolution model needs low_res")
+            raise InputError("the super-resolution model needs low_res")
         upsampled = F.interpolate(low_res, x.shape[-2:], mode="bilinear")
         return super().forward(torch.cat([x, upsampled], dim=1), timesteps, y=y)
 
@@ -442,7 +444,7 @@ def default_channel_mult(image_size: int, super_res: bool = False) -> tuple[floa
         64: (1, 2, 3, 4),
     }
     if image_size not in table or (super_res and image_size == 128):
-        raise ValueError(f"no default channel_mult for image_size={image_size} (super_res={super_res})")
+        raise InputError(f"no default channel_mult for image_size={image_size} (super_res={super_res})")
     return table[image_size]
 
 
@@ -455,11 +457,11 @@ def _numbers(value: str | tuple[float, ...] | list[float]) -> tuple[float, ...]:
 def build_adm(preset: str, **overrides: Any) -> ADMUNet:
     """Build a preset's network (random weights); overrides replace architecture flags."""
     if preset not in ADM_PRESETS:
-        raise ValueError(f"unknown ADM preset {preset!r}; valid: {', '.join(ADM_PRESETS)}")
+        raise InputError(f"unknown ADM preset {preset!r}; valid: {', '.join(ADM_PRESETS)}")
     flags = dict(ADM_PRESETS[preset]["unet"])
     unknown = sorted(set(overrides) - set(flags))
     if unknown:
-        raise ValueError(f"unknown ADM override(s) {', '.join(unknown)}; valid: {', '.join(flags)}")
+        raise InputError(f"unknown ADM override(s) {', '.join(unknown)}; valid: {', '.join(flags)}")
     flags.update(overrides)
 
     size = flags["image_size"]
@@ -495,7 +497,7 @@ def _read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         return load_file(path, device="cpu")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict, got {type(state).__name__}")
+        raise InputError(f"{path}: expected a state_dict, got {type(state).__name__}")
     return state
 
 
@@ -552,7 +554,7 @@ def load_adm_state_dict(module: nn.Module, path: str | os.PathLike[str]) -> None
             parts.append(f"unexpected {_preview(unexpected)}")
         if mismatched:
             parts.append(f"shape mismatch (checkpoint vs module) {_preview(mismatched)}")
-        raise ValueError(
+        raise InputError(
             f"{os.fspath(path)} does not fit this ADM: {'; '.join(parts)}; "
             f"likely wrong flag: {_likely_flag(ckpt, own)}"
         )

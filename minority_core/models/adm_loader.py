@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..diffusion import NoiseSchedule
-from ..guidance import MinorityGuidance
-from ..sampling import ancestral_sample
-from . import LoadedModel
-from .adm import ADM_PRESETS, ADMSuperResUNet, ADMUNet, _arch, build_adm, load_adm_state_dict
+from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.diffusion.samplers import ancestral_sample
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError, MissingFileError
+from minority_core.models import LoadedModel
+from minority_core.models.adm import ADM_PRESETS, ADMSuperResUNet, ADMUNet, _arch, build_adm, load_adm_state_dict
 
 __all__ = [
     "ADMSuperResModel",
@@ -61,7 +63,7 @@ _GUIDANCE_FIELDS = ("scale", "perturb_ratio", "every", "stop_ratio", "scale_type
 def paper_guidance(preset: str, **overrides: Any) -> tuple[MinorityGuidance, int]:
     """(MinorityGuidance, steps) with the paper's defaults for `preset`, overrides applied."""
     if preset not in PAPER_GUIDANCE:
-        raise ValueError(f"no paper guidance defaults for {preset!r}; known: {', '.join(PAPER_GUIDANCE)}")
+        raise InputError(f"no paper guidance defaults for {preset!r}; known: {', '.join(PAPER_GUIDANCE)}")
     settings = PAPER_GUIDANCE[preset] | overrides
     fields = {k: v for k, v in settings.items() if k in _GUIDANCE_FIELDS}
     return MinorityGuidance(**fields), int(settings["steps"])
@@ -85,7 +87,7 @@ class ADMSuperResModel(nn.Module):
         self.low_res: Tensor | None = None
 
     @contextmanager
-    def conditioned_on(self, low_res: Tensor) -> Iterator["ADMSuperResModel"]:
+    def conditioned_on(self, low_res: Tensor) -> Iterator[ADMSuperResModel]:
         previous, self.low_res = self.low_res, low_res
         try:
             yield self
@@ -95,9 +97,9 @@ class ADMSuperResModel(nn.Module):
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         low_res = self.low_res
         if low_res is None:
-            raise ValueError("the upsampler needs its low-res input: use sample_imagenet256 or `with model.conditioned_on(low_res):`")
+            raise InputError("the upsampler needs its low-res input: use sample_imagenet256 or `with model.conditioned_on(low_res):`")
         if low_res.shape[0] != x.shape[0]:
-            raise ValueError(f"low_res has batch {low_res.shape[0]} but x has {x.shape[0]}")
+            raise InputError(f"low_res has batch {low_res.shape[0]} but x has {x.shape[0]}")
         return self.net(x, t, low_res=low_res.to(device=x.device, dtype=x.dtype), y=y)
 
 
@@ -116,7 +118,7 @@ def load_adm(
     """
     path = os.fspath(path)
     if not Path(path).is_file():
-        raise FileNotFoundError(f"ADM checkpoint not found: {path}")
+        raise MissingFileError(f"ADM checkpoint not found: {path}")
     unet_flags, diffusion = _resolve_flags(preset, flags, torch.device(device))
     schedule = _schedule(diffusion["noise_schedule"], int(diffusion["diffusion_steps"]))  # fail before the load
     net = _build_on_device(unet_flags, torch.device(device))
@@ -153,15 +155,15 @@ def parse_adm_flags(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
         key, sep, text = str(pair).partition("=")
         key, text = key.strip().replace("-", "_"), text.strip()
         if not sep or not key or not text:
-            raise ValueError(f"--adm-flag must be key=value (e.g. num_channels=256), got {pair!r}")
+            raise InputError(f"--adm-flag must be key=value (e.g. num_channels=256), got {pair!r}")
         if key == "class_cond":  # guided-diffusion's switch; the published conditional models have 1000 classes
             if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"ADM flag class_cond takes true or false, got {text!r}")
+                raise InputError(f"ADM flag class_cond takes true or false, got {text!r}")
             flags["num_classes"] = 1000 if text.lower() in ("true", "1") else None
             continue
         if key in _BOOL_FLAGS:
             if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"ADM flag {key} takes true or false, got {text!r}")
+                raise InputError(f"ADM flag {key} takes true or false, got {text!r}")
             flags[key] = text.lower() in ("true", "1")
         elif key in _INT_FLAGS:
             optional = key in ("num_head_channels", "num_heads_upsample", "num_classes", "small_size")
@@ -171,29 +173,29 @@ def parse_adm_flags(pairs: list[str] | tuple[str, ...]) -> dict[str, Any]:
             try:
                 value = int(text)
             except ValueError:
-                raise ValueError(f"ADM flag {key} takes an integer, got {text!r}") from None
+                raise InputError(f"ADM flag {key} takes an integer, got {text!r}") from None
             if value < 1:
-                raise ValueError(f"ADM flag {key} must be ≥ 1, got {value}")
+                raise InputError(f"ADM flag {key} must be ≥ 1, got {value}")
             flags[key] = value
         elif key in _FLOAT_FLAGS:
             try:
                 flags[key] = float(text)
             except ValueError:
-                raise ValueError(f"ADM flag {key} takes a number, got {text!r}") from None
+                raise InputError(f"ADM flag {key} takes a number, got {text!r}") from None
         elif key == "noise_schedule":
             if text not in ("linear", "cosine"):
-                raise ValueError(f"ADM flag noise_schedule is linear or cosine, got {text!r}")
+                raise InputError(f"ADM flag noise_schedule is linear or cosine, got {text!r}")
             flags[key] = text
         elif key in _TEXT_FLAGS:  # comma lists of numbers, as guided-diffusion writes them
             try:
                 numbers = [float(v) for v in text.split(",")]
             except ValueError:
-                raise ValueError(f"ADM flag {key} takes comma-separated numbers (e.g. 32,16,8), got {text!r}") from None
+                raise InputError(f"ADM flag {key} takes comma-separated numbers (e.g. 32,16,8), got {text!r}") from None
             if not numbers or min(numbers) <= 0:
-                raise ValueError(f"ADM flag {key} takes positive numbers, got {text!r}")
+                raise InputError(f"ADM flag {key} takes positive numbers, got {text!r}")
             flags[key] = text
         else:
-            raise ValueError(f"unknown ADM flag {key!r}; valid: {', '.join([*_BOOL_FLAGS, *_INT_FLAGS, *_FLOAT_FLAGS, *_TEXT_FLAGS, 'class_cond'])}")
+            raise InputError(f"unknown ADM flag {key!r}; valid: {', '.join([*_BOOL_FLAGS, *_INT_FLAGS, *_FLOAT_FLAGS, *_TEXT_FLAGS, 'class_cond'])}")
     return flags
 
 
@@ -202,16 +204,16 @@ def _resolve_flags(preset: str | None, flags: dict[str, Any], device: torch.devi
     defaults = _arch()
     unknown = sorted(set(flags) - set(defaults) - set(DIFFUSION_FLAGS))
     if unknown:
-        raise ValueError(f"unknown ADM flag(s) {', '.join(unknown)}; valid: {', '.join([*defaults, *DIFFUSION_FLAGS])}")
+        raise InputError(f"unknown ADM flag(s) {', '.join(unknown)}; valid: {', '.join([*defaults, *DIFFUSION_FLAGS])}")
     if preset is None:
         missing = [k for k in REQUIRED_WITHOUT_PRESET if k not in flags]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"adm: models need a preset ({', '.join(ADM_PRESETS)}) or explicit architecture flags; missing: {', '.join(missing)}"
             )
         base_unet, base_diffusion = defaults, {"diffusion_steps": 1000, "small_size": None}
     elif preset not in ADM_PRESETS:
-        raise ValueError(f"unknown ADM preset {preset!r}; valid: {', '.join(ADM_PRESETS)}")
+        raise InputError(f"unknown ADM preset {preset!r}; valid: {', '.join(ADM_PRESETS)}")
     else:
         base_unet, base_diffusion = ADM_PRESETS[preset]["unet"], ADM_PRESETS[preset]["diffusion"]
     unet = dict(base_unet) | {k: v for k, v in flags.items() if k in defaults}
@@ -240,7 +242,7 @@ def _load_weights(net: nn.Module, path: str) -> None:
         raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, SafetensorError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{path}: not a readable weights-only ADM checkpoint ({first})") from err
+        raise InputError(f"{path}: not a readable weights-only ADM checkpoint ({first})") from err
 
 
 def _schedule(noise_schedule: str, steps: int) -> NoiseSchedule:
@@ -249,7 +251,7 @@ def _schedule(noise_schedule: str, steps: int) -> NoiseSchedule:
         return NoiseSchedule.linear(steps)
     if noise_schedule == "cosine":
         return NoiseSchedule.cosine(steps)
-    raise ValueError(f"unknown noise_schedule {noise_schedule!r}: use linear or cosine")
+    raise InputError(f"unknown noise_schedule {noise_schedule!r}: use linear or cosine")
 
 
 def _small_size(preset: str | None, unet_flags: dict[str, Any], flags: dict[str, Any]) -> int:
@@ -261,7 +263,7 @@ def _small_size(preset: str | None, unet_flags: dict[str, Any], flags: dict[str,
         return max(1, size // 4)
     reference = ADM_PRESETS[preset]["diffusion"]
     if not reference.get("small_size"):  # super_res=true on a preset that is not an upsampler
-        raise ValueError(f"super_res=true with preset {preset} needs small_size (the low-resolution input size): add --adm-flag small_size=N")
+        raise InputError(f"super_res=true with preset {preset} needs small_size (the low-resolution input size): add --adm-flag small_size=N")
     return max(1, reference["small_size"] * size // reference["image_size"])
 
 
@@ -287,9 +289,9 @@ def sample_imagenet256(
     """
     sr = upsampler.model
     if not isinstance(sr, ADMSuperResModel):
-        raise ValueError(f"{upsampler.spec} is not an ADM upsampler: load it with preset imagenet64to256")
+        raise InputError(f"{upsampler.spec} is not an ADM upsampler: load it with preset imagenet64to256")
     if base.shape[1:] != (sr.small_size, sr.small_size):
-        raise ValueError(f"the upsampler takes {sr.small_size} px inputs but {base.spec} makes {base.shape[1]} px samples")
+        raise InputError(f"the upsampler takes {sr.small_size} px inputs but {base.spec} makes {base.shape[1]} px samples")
     labels = _class_labels(base, upsampler, n, generator, class_labels)
     low = ancestral_sample(base.model, base.schedule, (n, *base.shape), guidance=guidance, steps=steps,
                            generator=generator, progress=progress, class_labels=labels)
@@ -301,16 +303,16 @@ def sample_imagenet256(
 def _class_labels(base: LoadedModel, upsampler: LoadedModel, n: int, generator: torch.Generator | None, given: Tensor | None) -> Tensor | None:
     """The labels both stages share: given ones, else uniform draws from `generator`."""
     if base.num_classes != upsampler.num_classes:
-        raise ValueError(f"the base model has {base.num_classes} classes but the upsampler {upsampler.num_classes}")
+        raise InputError(f"the base model has {base.num_classes} classes but the upsampler {upsampler.num_classes}")
     if base.num_classes is None:
         if given is not None:
-            raise ValueError("class_labels given but the models are unconditional")
+            raise InputError("class_labels given but the models are unconditional")
         return None
     if given is None:
         return draw_class_labels(base.num_classes, n, generator)
     given = torch.as_tensor(given, dtype=torch.long)
     if given.shape != (n,) or given.min() < 0 or given.max() >= base.num_classes:
-        raise ValueError(f"class_labels must be {n} integers in [0, {base.num_classes})")
+        raise InputError(f"class_labels must be {n} integers in [0, {base.num_classes})")
     return given
 
 

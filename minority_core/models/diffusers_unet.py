@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..diffusion import NoiseSchedule
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError
 
 _FIXED_VARIANCE = {
     "fixed_small": "fixed_small",
@@ -32,7 +33,7 @@ class DiffusersUNet(nn.Module):
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str = "epsilon") -> None:
         super().__init__()
         if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unsupported prediction_type {prediction_type!r}: only 'epsilon' and 'v_prediction' models can be guided")
+            raise InputError(f"unsupported prediction_type {prediction_type!r}: only 'epsilon' and 'v_prediction' models can be guided")
         self.unet = unet
         self.prediction_type = prediction_type
         self.register_buffer("alphas_cumprod", torch.tensor(schedule.alphas_cumprod, dtype=torch.float32), persistent=False)
@@ -54,7 +55,7 @@ def schedule_from_scheduler_config(config: dict) -> NoiseSchedule:
     start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
     variance = config.get("variance_type", "fixed_small")
     if variance not in _FIXED_VARIANCE:
-        raise ValueError(f"unsupported scheduler variance_type {variance!r}; supported: {sorted(_FIXED_VARIANCE)}")
+        raise InputError(f"unsupported scheduler variance_type {variance!r}; supported: {sorted(_FIXED_VARIANCE)}")
     if config.get("trained_betas") is not None:
         betas = np.asarray(config["trained_betas"], dtype=np.float64)
     elif kind == "linear":
@@ -64,7 +65,7 @@ def schedule_from_scheduler_config(config: dict) -> NoiseSchedule:
     elif kind == "squaredcos_cap_v2":
         return NoiseSchedule.cosine(steps, fixed_variance=_FIXED_VARIANCE[variance])
     else:
-        raise ValueError(f"unsupported beta_schedule {kind!r}; supported: linear, scaled_linear, squaredcos_cap_v2")
+        raise InputError(f"unsupported beta_schedule {kind!r}; supported: linear, scaled_linear, squaredcos_cap_v2")
     return NoiseSchedule(betas, fixed_variance=_FIXED_VARIANCE[variance])
 
 
@@ -82,27 +83,27 @@ def load_diffusers_unet(path_or_id: str, device: torch.device | str = "cpu"):
     folder = Path(path_or_id).expanduser()
     if folder.exists():
         if not folder.is_dir():
-            raise ValueError(f"diffusers model path {folder} is a file; pass the folder saved by save_pretrained")
+            raise InputError(f"diffusers model path {folder} is a file; pass the folder saved by save_pretrained")
         subfolder = "unet" if (folder / "unet" / "config.json").is_file() else None
         if subfolder is None and not (folder / "config.json").is_file():
-            raise ValueError(f"no diffusers UNet in {folder}: expected config.json or unet/config.json (a folder written by save_pretrained)")
+            raise InputError(f"no diffusers UNet in {folder}: expected config.json or unet/config.json (a folder written by save_pretrained)")
         scheduler_config = _find_scheduler_config(folder)
         if scheduler_config is None:
-            raise ValueError(f"no scheduler config beside the UNet in {folder}: add scheduler/scheduler_config.json (DDPMScheduler.save_pretrained)")
+            raise InputError(f"no scheduler config beside the UNet in {folder}: add scheduler/scheduler_config.json (DDPMScheduler.save_pretrained)")
         weights_dir = folder / subfolder if subfolder else folder
         use_safetensors = any(weights_dir.glob("*.safetensors")) or None
         try:
             unet = UNet2DModel.from_pretrained(folder, subfolder=subfolder, use_safetensors=use_safetensors)
         except (OSError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"could not load the diffusers UNet in {weights_dir}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"could not load the diffusers UNet in {weights_dir}: {str(exc).splitlines()[0]}") from None
     else:
         if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") != 1:
-            raise ValueError(f"diffusers model {path_or_id!r} is neither an existing folder nor a hub id like 'google/ddpm-cifar10-32'")
+            raise InputError(f"diffusers model {path_or_id!r} is neither an existing folder nor a hub id like 'google/ddpm-cifar10-32'")
         try:
             unet = UNet2DModel.from_pretrained(path_or_id, subfolder="unet")
             scheduler_config = dict(DDPMScheduler.from_pretrained(path_or_id, subfolder="scheduler").config)
         except Exception as exc:  # network, auth or missing repo: one clear line
-            raise ValueError(f"could not fetch {path_or_id!r} from the hub ({type(exc).__name__}); download it and pass the local folder") from None
+            raise InputError(f"could not fetch {path_or_id!r} from the hub ({type(exc).__name__}); download it and pass the local folder") from None
     schedule = schedule_from_scheduler_config(scheduler_config)
     model = DiffusersUNet(unet, schedule, scheduler_config.get("prediction_type", "epsilon")).to(device).eval()
     cfg = unet.config

@@ -33,19 +33,20 @@ from __future__ import annotations
 import importlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..diffusion import NoiseSchedule
-from ..guidance import MinorityGuidance
-from ..sampling import ancestral_sample, ddim_sample
-from .diffusers_unet import schedule_from_scheduler_config
+from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.diffusion.samplers import ancestral_sample, ddim_sample
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError
+from minority_core.models.diffusers_unet import schedule_from_scheduler_config
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SAMPLERS = ("ddim", "ancestral")
@@ -88,7 +89,7 @@ class ByteTokenizer:
 
     def __init__(self, model_max_length: int = 16) -> None:
         if model_max_length < 2:
-            raise ValueError(f"model_max_length must be ≥ 2, got {model_max_length}")
+            raise InputError(f"model_max_length must be ≥ 2, got {model_max_length}")
         self.model_max_length = int(model_max_length)
 
     def __call__(self, texts, padding="max_length", max_length=None, truncation=True, return_tensors="pt"):
@@ -106,7 +107,7 @@ class ByteTokenizer:
         (folder / self.config_name).write_text(json.dumps({"tokenizer_class": type(self).__name__, "model_max_length": self.model_max_length}, indent=2))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, subfolder: str | None = None, **_ignored) -> "ByteTokenizer":
+    def from_pretrained(cls, folder: str | Path, subfolder: str | None = None, **_ignored) -> ByteTokenizer:
         path = Path(folder) / (subfolder or "") / cls.config_name
         if not path.is_file():
             raise OSError(f"no {cls.config_name} in {path.parent}")
@@ -141,7 +142,7 @@ class CFGDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is not None:
-            raise ValueError("a latent text-to-image pipeline is conditioned on prompts, not class labels: pass y=None")
+            raise InputError("a latent text-to-image pipeline is conditioned on prompts, not class labels: pass y=None")
         n, channels = x.shape[0], x.shape[1]
         cond = self._rows(self.cond, n)
         if self.uncond is None:  # s = 1: conditional only
@@ -164,7 +165,7 @@ class CFGDenoiser(nn.Module):
             return embeddings
         if embeddings.shape[0] == 1:
             return embeddings.expand(n, *embeddings.shape[1:])
-        raise ValueError(f"the denoiser was built for {embeddings.shape[0]} prompts but called on a batch of {n}")
+        raise InputError(f"the denoiser was built for {embeddings.shape[0]} prompts but called on a batch of {n}")
 
 
 # -- the pipeline ---------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ class LatentPipeline:
     def denoiser(self, prompts: Sequence[str], guidance_scale_cfg: float = 7.5, negative_prompt: str | Sequence[str] = "") -> CFGDenoiser:
         """`model(x, t, y=None) -> ε` over latents, one prompt per batch row (or one for all rows)."""
         if not isinstance(guidance_scale_cfg, (int, float)) or isinstance(guidance_scale_cfg, bool) or not math.isfinite(guidance_scale_cfg) or guidance_scale_cfg < 0:
-            raise ValueError(f"guidance_scale_cfg must be a finite number ≥ 0, got {guidance_scale_cfg!r}")
+            raise InputError(f"guidance_scale_cfg must be a finite number ≥ 0, got {guidance_scale_cfg!r}")
         prompts = _check_prompts(prompts, "prompts")
         cond = self.encode_prompts(prompts)
         uncond = None
@@ -243,9 +244,9 @@ class LatentPipeline:
     ) -> torch.Tensor:
         """The sampler's latents (scaled by `scaling_factor`), before decoding."""
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         if minority_guidance is not None and isinstance(minority_guidance, MinorityGuidance) and minority_guidance.distance != "l2":
-            raise ValueError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents")
+            raise InputError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents")
         prompts = expand_prompts(prompts, num_samples)
         model = self.denoiser(prompts, cfg_scale, negative_prompt)
         shape = (len(prompts), *self.latent_shape)
@@ -281,11 +282,11 @@ def expand_prompts(prompts: str | Sequence[str], num_samples: int | None = None)
     if num_samples is None:
         return prompts
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
+        raise InputError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
     if len(prompts) == 1:
         return prompts * num_samples
     if len(prompts) != num_samples:
-        raise ValueError(f"got {len(prompts)} prompts for {num_samples} samples: give one prompt per sample, or one prompt")
+        raise InputError(f"got {len(prompts)} prompts for {num_samples} samples: give one prompt per sample, or one prompt")
     return prompts
 
 
@@ -297,7 +298,7 @@ def shard_prompts(prompts: str | Sequence[str], start: int, count: int) -> list[
     """
     prompts = [prompts] if isinstance(prompts, str) else _check_prompts(prompts, "prompts")
     if start < 0 or count < 1:
-        raise ValueError(f"start must be ≥ 0 and count ≥ 1, got start={start}, count={count}")
+        raise InputError(f"start must be ≥ 0 and count ≥ 1, got start={start}, count={count}")
     return [prompts[(start + k) % len(prompts)] for k in range(count)]
 
 
@@ -307,21 +308,21 @@ def read_prompts_file(path: str | Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ValueError(f"prompts file {path} does not exist") from None
+        raise InputError(f"prompts file {path} does not exist") from None
     except IsADirectoryError:
-        raise ValueError(f"prompts file {path} is a directory: give a text file, one prompt per line") from None
+        raise InputError(f"prompts file {path} is a directory: give a text file, one prompt per line") from None
     except UnicodeDecodeError:
-        raise ValueError(f"prompts file {path} is not UTF-8 text") from None
+        raise InputError(f"prompts file {path} is not UTF-8 text") from None
     prompts = [line.rstrip("\r") for line in text.split("\n") if line.strip()]
     if not prompts:
-        raise ValueError(f"prompts file {path} has no prompts: write one per line")
+        raise InputError(f"prompts file {path} has no prompts: write one per line")
     return prompts
 
 
 def _check_prompts(prompts, what: str) -> list[str]:
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError(f"{what} must be a non-empty list of strings")
+        raise InputError(f"{what} must be a non-empty list of strings")
     return prompts
 
 
@@ -333,21 +334,21 @@ def load_latent_pipeline(folder: str | Path, device: torch.device | str = "cpu")
     root = Path(folder).expanduser()
     index_path = root / "model_index.json"
     if not index_path.is_file():
-        raise ValueError(f"no diffusers pipeline in {root}: expected model_index.json beside unet/, vae/, scheduler/, text_encoder/, tokenizer/")
+        raise InputError(f"no diffusers pipeline in {root}: expected model_index.json beside unet/, vae/, scheduler/, text_encoder/, tokenizer/")
     index = json.loads(index_path.read_text())
     missing = [part for part in PARTS if not (root / part).is_dir()]
     if missing:
-        raise ValueError(f"the pipeline in {root} lacks {', '.join(p + '/' for p in missing)} (a latent pipeline needs {', '.join(PARTS)})")
+        raise InputError(f"the pipeline in {root} lacks {', '.join(p + '/' for p in missing)} (a latent pipeline needs {', '.join(PARTS)})")
     device = torch.device(device)
 
     scheduler_file = root / "scheduler" / "scheduler_config.json"
     if not scheduler_file.is_file():
-        raise ValueError(f"no scheduler config at {scheduler_file}")
+        raise InputError(f"no scheduler config at {scheduler_file}")
     scheduler_config = json.loads(scheduler_file.read_text())
     schedule = schedule_from_scheduler_config(scheduler_config)
     prediction_type = scheduler_config.get("prediction_type", "epsilon")
     if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"unsupported prediction_type {prediction_type!r}: only 'epsilon' and 'v_prediction' models can be guided")
+        raise InputError(f"unsupported prediction_type {prediction_type!r}: only 'epsilon' and 'v_prediction' models can be guided")
 
     unet = _load_part(root, index, "unet", ("diffusers", "UNet2DConditionModel"))
     vae = _load_part(root, index, "vae", ("diffusers", "AutoencoderKL"))
@@ -359,10 +360,10 @@ def load_latent_pipeline(folder: str | Path, device: torch.device | str = "cpu")
     channels = int(unet.config.in_channels)
     latent_channels = int(getattr(vae.config, "latent_channels", channels))
     if channels != latent_channels:
-        raise ValueError(f"the UNet takes {channels} channels but the VAE makes {latent_channels}-channel latents (inpainting/depth UNets are not supported)")
+        raise InputError(f"the UNet takes {channels} channels but the VAE makes {latent_channels}-channel latents (inpainting/depth UNets are not supported)")
     out_channels = int(getattr(unet.config, "out_channels", channels))
     if out_channels not in (channels, 2 * channels):
-        raise ValueError(f"the UNet returns {out_channels} channels for {channels}-channel latents; expected {channels} or {2 * channels}")
+        raise InputError(f"the UNet returns {out_channels} channels for {channels}-channel latents; expected {channels} or {2 * channels}")
     keep_variance = out_channels == 2 * channels and scheduler_config.get("variance_type") == "learned_range"
     size = unet.config.sample_size
     height, width = (size, size) if isinstance(size, int) else tuple(size)
@@ -377,7 +378,7 @@ def load_latent_pipeline(folder: str | Path, device: torch.device | str = "cpu")
 def _load_part(root: Path, index: dict, part: str, default: tuple[str, str]):
     entry = index.get(part) or list(default)
     if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not all(isinstance(e, str) for e in entry):
-        raise ValueError(f"model_index.json: {part} must be [library, class name], got {entry!r}")
+        raise InputError(f"model_index.json: {part} must be [library, class name], got {entry!r}")
     library, class_name = entry
     cls = _resolve_class(library, class_name, part)
     kwargs: dict = {"subfolder": part}
@@ -391,7 +392,7 @@ def _load_part(root: Path, index: dict, part: str, default: tuple[str, str]):
         return cls.from_pretrained(str(root), **kwargs)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"could not load the {part} ({library}.{class_name}) from {root / part}: {first}") from None
+        raise InputError(f"could not load the {part} ({library}.{class_name}) from {root / part}: {first}") from None
 
 
 def _resolve_class(library: str, class_name: str, part: str):
@@ -403,10 +404,10 @@ def _resolve_class(library: str, class_name: str, part: str):
             module = importlib.import_module(library)
         except ImportError:
             extra = " (pip install 'minority-synth[text]')" if library == "transformers" else ""
-            raise ValueError(f"the {part} is a {library}.{class_name}: install {library}{extra}") from None
+            raise InputError(f"the {part} is a {library}.{class_name}: install {library}{extra}") from None
         cls = getattr(module, class_name, None)
     else:
-        raise ValueError(f"model_index.json: {part} comes from {library!r}; only diffusers, transformers and minority_core classes are loaded")
+        raise InputError(f"model_index.json: {part} comes from {library!r}; only diffusers, transformers and minority_core classes are loaded")
     if cls is None or not hasattr(cls, "from_pretrained"):
-        raise ValueError(f"model_index.json: {library} has no loadable class {class_name!r} for the {part}")
+        raise InputError(f"model_index.json: {library} has no loadable class {class_name!r} for the {part}")
     return cls

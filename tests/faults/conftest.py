@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from minority_core.shards import ShardStore
+from minority_core.io import ShardStore
 
 from .helpers import SLOW, check_output, make_config, run_flow
 

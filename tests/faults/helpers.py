@@ -8,8 +8,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from flows.config import SynthesisConfig
-from minority_core.shards import ShardStore
+from minority_core.config import SynthesisConfig
+from minority_core.io import ShardStore
 
 FEATURES = "features/pixels"
 # Fast shards (about 0.3 s each in-process) for tests where the timing of the fault does not matter.
@@ -82,8 +82,8 @@ _REFERENCE_CACHE: dict[str, dict[str, str]] = {}
 def in_process_reference(cfg: SynthesisConfig, tmp_dir: str | Path) -> dict[str, str]:
     """Shard hashes of a clean in-process generation of `cfg` (what `workers=0` must reproduce)."""
     from flows.synthesize import make_pool
-    from minority_core.generate import shard_seed
-    from minority_core.shards import config_hash
+    from minority_core.io import config_hash
+    from minority_core.runs.generate import shard_seed
 
     key = config_hash(cfg.output_identity())
     if key not in _REFERENCE_CACHE:

@@ -141,7 +141,7 @@ class FaultProxy:
         with self.lock:
             self.log.append((method, path, outcome))
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self.thread.start()
         return self
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from minority_core.shards import ShardStore
+from minority_core.io import ShardStore
 
 from .helpers import SLOW, check_output, make_config, run_flow
 
@@ -75,7 +75,7 @@ def test_actors_killed_mid_shard_restart_and_output_is_identical(tiny_diffusers_
             ray.kill(pool.actors[0], no_restart=False)  # Ray kills it and restarts it
             os.kill(pids[1], signal.SIGKILL)  # the OS kills the other one
             kills["pids"] = pids
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+        except BaseException as err:
             errors.append(err)
 
     thread = threading.Thread(target=killer, daemon=True)

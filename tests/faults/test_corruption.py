@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from minority_core.shards import CorruptShardError, ShardStore
+from minority_core.io import CorruptShardError, ShardStore
 
 from .helpers import FEATURES, check_output, make_config, run_flow, task_run_messages
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from minority_core.shards import ShardStore, StorageError
+from minority_core.io import ShardStore, StorageError
 
 from .helpers import FEATURES, make_config, run_flow, temporaries
 

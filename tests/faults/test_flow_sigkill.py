@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from minority_core.shards import ShardStore
+from minority_core.io import ShardStore
 from minority_synth.env import DEFAULTS
 
 from .helpers import SLOW, check_output, temporaries

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from minority_core.shards import ShardStore, StorageError
+from minority_core.io import ShardStore, StorageError
 from tests.conftest import free_port, wait_for_port
 
 from .helpers import FEATURES, check_output, make_config, run_flow
@@ -131,7 +131,7 @@ def test_moto_restart_mid_run_is_repaired_by_rerun(tiny_diffusers_model, tmp_pat
             while True:
                 try:
                     manifest = ShardStore(url, direct).read_manifest()
-                except Exception:  # noqa: BLE001 - keep polling
+                except Exception:
                     manifest = None
                 if manifest is not None and manifest.committed("samples"):
                     break
@@ -143,7 +143,7 @@ def test_moto_restart_mid_run_is_repaired_by_rerun(tiny_diffusers_model, tmp_pat
             moto.start()
             fs.mkdir(bucket)  # a restarted moto has lost the bucket: recreate it
             events["restarted"] = True
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+        except BaseException as err:
             errors.append(err)
 
     thread = threading.Thread(target=restart_after_first_commit, daemon=True)

@@ -12,7 +12,7 @@ LABELLED_SPECS = ("bundled:digits",)
 
 @lru_cache(maxsize=1)
 def _digit_classifier():
-    from .features import DemoClassifierFeatures
+    from minority_core.metrics.features import DemoClassifierFeatures
 
     return DemoClassifierFeatures()
 

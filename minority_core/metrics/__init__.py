@@ -30,7 +30,8 @@ import fsspec
 import numpy as np
 from scipy import linalg
 
-from .knn import KnnIndex, as_matrix, check_k
+from minority_core.errors import InputError, MissingFileError
+from minority_core.metrics.knn import KnnIndex, as_matrix, check_k
 
 REFERENCE_FORMAT = "minority-synth/reference-set"
 REFERENCE_VERSION = 1
@@ -161,10 +162,10 @@ class ReferenceSet:
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         meta_path = f"{root}/meta.json"
         if not fs.exists(meta_path):
-            raise FileNotFoundError(f"no reference set at {url} (meta.json missing): build and save one first")
+            raise MissingFileError(f"no reference set at {url} (meta.json missing): build and save one first")
         meta = json.loads(fs.cat_file(meta_path))
         if meta.get("format") != REFERENCE_FORMAT or meta.get("version") != REFERENCE_VERSION:
-            raise ValueError(
+            raise InputError(
                 f"{url} holds format {meta.get('format')!r} version {meta.get('version')!r}, "
                 f"this code reads {REFERENCE_FORMAT!r} version {REFERENCE_VERSION}: rebuild the reference set"
             )
@@ -223,7 +224,7 @@ def _write_file(fs: fsspec.AbstractFileSystem, path: str, writer: Callable[[Bina
 def _read_checked(fs: fsspec.AbstractFileSystem, path: str, expect: dict[str, Any], url: str) -> bytes:
     data = fs.cat_file(path)
     if len(data) != expect["bytes"] or hashlib.sha256(data).hexdigest() != expect["sha256"]:
-        raise ValueError(
+        raise InputError(
             f"{os.path.basename(path)} in {url} does not match meta.json (changed after saving, or a save "
             "was interrupted): save the reference set again"
         )
@@ -305,7 +306,7 @@ def feature_statistics(features: np.ndarray | Iterable[np.ndarray]) -> tuple[np.
         s1 += y.sum(axis=0)
         s2 += y.T @ y
     if n < 2:
-        raise ValueError(f"features have {n} rows: a covariance needs at least 2")
+        raise InputError(f"features have {n} rows: a covariance needs at least 2")
     mu = shift + s1 / n
     sigma = (s2 - np.outer(s1, s1) / n) / (n - 1)
     return mu, (sigma + sigma.T) / 2
@@ -330,17 +331,17 @@ def frechet_distance(
     mu1, mu2 = _vector(mu1, "mu1"), _vector(mu2, "mu2")
     sigma1, sigma2 = _covariance(sigma1, "sigma1", len(mu1)), _covariance(sigma2, "sigma2", len(mu1))
     if len(mu1) != len(mu2):
-        raise ValueError(f"mu1 has {len(mu1)} dims but mu2 has {len(mu2)}: compare statistics of the same features")
+        raise InputError(f"mu1 has {len(mu1)} dims but mu2 has {len(mu2)}: compare statistics of the same features")
     covmean = _sqrtm_product(sigma1, sigma2)
     if covmean is None:
         offset = np.eye(len(mu1)) * eps
         covmean = _sqrtm_product(sigma1 + offset, sigma2 + offset, strict=False)
         if not np.isfinite(covmean).all():
-            raise ValueError("sqrt(sigma1 @ sigma2) is not finite even with an eps offset: check the covariances")
+            raise InputError("sqrt(sigma1 @ sigma2) is not finite even with an eps offset: check the covariances")
     if np.iscomplexobj(covmean):
         imag = float(np.abs(np.diagonal(covmean).imag).max())
         if imag > 1e-3:
-            raise ValueError(f"sqrt(sigma1 @ sigma2) has an imaginary part of {imag:.3g}: the covariances are not valid")
+            raise InputError(f"sqrt(sigma1 @ sigma2) has an imaginary part of {imag:.3g}: the covariances are not valid")
         covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
@@ -363,18 +364,18 @@ def _sqrtm_product(a: np.ndarray, b: np.ndarray, strict: bool = True) -> np.ndar
 def _vector(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 1 or len(arr) == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D mean vector, got shape {arr.shape}")
+        raise InputError(f"{name} must be a non-empty 1-D mean vector, got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf: recompute the statistics from finite features")
+        raise InputError(f"{name} contains NaN or inf: recompute the statistics from finite features")
     return arr
 
 
 def _covariance(x: Any, name: str, dim: int) -> np.ndarray:
     arr = np.asarray(x, dtype=np.float64)
     if arr.shape != (dim, dim):
-        raise ValueError(f"{name} must be a {dim}×{dim} covariance to match the mean, got shape {arr.shape}")
+        raise InputError(f"{name} must be a {dim}×{dim} covariance to match the mean, got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or inf: recompute the statistics from finite features")
+        raise InputError(f"{name} contains NaN or inf: recompute the statistics from finite features")
     return arr
 
 
@@ -383,5 +384,5 @@ def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     mu1, sigma1 = feature_statistics(real)
     mu2, sigma2 = feature_statistics(fake)
     if len(mu1) != len(mu2):
-        raise ValueError(f"real has {len(mu1)} dims but fake has {len(mu2)}: use the same feature extractor")
+        raise InputError(f"real has {len(mu1)} dims but fake has {len(mu2)}: use the same feature extractor")
     return frechet_distance(mu1, sigma1, mu2, sigma2)

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import fsspec
@@ -38,6 +38,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
+
+from minority_core.errors import CorruptShardError, InputError, MissingFileError, StorageError
+from minority_core.errors import one_line as _one_line
 
 __all__ = [
     "SAMPLES_SCHEMA",
@@ -72,23 +75,6 @@ _KIND_SEGMENT = re.compile(r"^[a-z0-9_][a-z0-9_.-]*$")
 _TMP_MARK = ".tmp-"
 
 
-# --------------------------------------------------------------------------- errors
-
-
-class StorageError(RuntimeError):
-    """A storage operation failed; the message is one line naming the URL and a likely fix."""
-
-
-class CorruptShardError(StorageError):
-    """A stored shard does not match its manifest record (hash, size or rows) or does not parse."""
-
-
-def _one_line(err: BaseException) -> str:
-    """`Type: message` squeezed to one line: these end up in CLI output and logs."""
-    text = " ".join(str(err).split()) or "(no message)"
-    return f"{type(err).__name__}: {text}"
-
-
 # --------------------------------------------------------------------------- schemas
 
 _HF_FEATURES = {
@@ -121,7 +107,7 @@ SAMPLES_SCHEMA: pa.Schema = pa.schema(
 def FEATURES_SCHEMA(dim: int) -> pa.Schema:  # noqa: N802 - name is part of the contract
     """Schema of a features shard: one fixed-length float32 vector per sample."""
     if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
-        raise ValueError(f"feature dim must be a positive int, got {dim!r}")
+        raise InputError(f"feature dim must be a positive int, got {dim!r}")
     return pa.schema([pa.field("sample_id", pa.string()), pa.field("feature", pa.list_(pa.float32(), dim))])
 
 
@@ -135,9 +121,9 @@ def sample_id(shard_index: int, row: int) -> str:
 def _check_int(name: str, value: Any, upper: int) -> None:
     """Refuse bools, floats and out-of-range ints: they would make ids or file names ambiguous."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+        raise InputError(f"{name} must be an int, got {type(value).__name__}")
     if not 0 <= int(value) <= upper:
-        raise ValueError(f"{name} must be in [0, {upper}], got {value}")
+        raise InputError(f"{name} must be in [0, {upper}], got {value}")
 
 
 # --------------------------------------------------------------------------- images
@@ -149,9 +135,9 @@ def encode_png(image: np.ndarray) -> bytes:
 
     arr = np.asarray(image)
     if arr.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got {arr.dtype}")
+        raise InputError(f"image must be uint8, got {arr.dtype}")
     if arr.ndim != 3 or arr.shape[2] not in (1, 3):
-        raise ValueError(f"image must be HWC with C in (1, 3), got shape {arr.shape}")
+        raise InputError(f"image must be HWC with C in (1, 3), got shape {arr.shape}")
     pil = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))
     buf = io.BytesIO()
     pil.save(buf, format="PNG")
@@ -185,10 +171,10 @@ def samples_table(
     arr = _check_images(images)
     _check_int("shard index", shard_index, MAX_SHARD_INDEX)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not -(2**63) <= int(seed) < 2**63:
-        raise ValueError(f"seed must be an int64, got {seed!r}")
+        raise InputError(f"seed must be an int64, got {seed!r}")
     scale = _check_guidance(guidance)
     if not isinstance(arm, str) or not arm:
-        raise ValueError(f"arm must be a non-empty string, got {arm!r}")
+        raise InputError(f"arm must be a non-empty string, got {arm!r}")
     n = arr.shape[0]
     label_array = _label_array(labels, n)
     prompt_array = _prompt_array(prompts, n)
@@ -214,34 +200,34 @@ def _prompt_array(prompts: Any, n: int) -> pa.Array:
     if prompts is None:
         return pa.nulls(n, pa.string())
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts must be a list of strings, one per image")
+        raise InputError("prompts must be a list of strings, one per image")
     if len(prompts) != n:
-        raise ValueError(f"prompts has {len(prompts)} entries but there are {n} images")
+        raise InputError(f"prompts has {len(prompts)} entries but there are {n} images")
     return pa.array(list(prompts), pa.string())
 
 
 def _check_images(images: Any) -> np.ndarray:
     """uint8, 4-D NHWC, C in {1, 3}: anything else is a caller bug better caught before storage."""
     if not isinstance(images, np.ndarray):
-        raise ValueError(f"images must be a numpy array, got {type(images).__name__}")
+        raise InputError(f"images must be a numpy array, got {type(images).__name__}")
     if images.dtype != np.uint8:
-        raise ValueError(f"images must be uint8 (convert and clip first), got {images.dtype}")
+        raise InputError(f"images must be uint8 (convert and clip first), got {images.dtype}")
     if images.ndim != 4:
-        raise ValueError(f"images must be 4-D NHWC, got shape {images.shape}")
+        raise InputError(f"images must be 4-D NHWC, got shape {images.shape}")
     if images.shape[3] not in (1, 3):
-        raise ValueError(f"images must have 1 or 3 channels (NHWC), got shape {images.shape}")
+        raise InputError(f"images must have 1 or 3 channels (NHWC), got shape {images.shape}")
     if images.shape[1] == 0 or images.shape[2] == 0:
-        raise ValueError(f"images must have non-zero height and width, got shape {images.shape}")
+        raise InputError(f"images must have non-zero height and width, got shape {images.shape}")
     return images
 
 
 def _check_guidance(guidance: Any) -> float:
     """A finite real scale: NaN would silently poison every downstream comparison of arms."""
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float, np.integer, np.floating)):
-        raise ValueError(f"guidance must be a real number, got {type(guidance).__name__}")
+        raise InputError(f"guidance must be a real number, got {type(guidance).__name__}")
     value = float(guidance)
     if not math.isfinite(value) or abs(value) > float(np.finfo(np.float32).max):
-        raise ValueError(f"guidance must be finite (and fit float32), got {guidance!r}")
+        raise InputError(f"guidance must be finite (and fit float32), got {guidance!r}")
     return value
 
 
@@ -251,19 +237,19 @@ def _label_array(labels: Any, n: int) -> pa.Array:
         return pa.nulls(n, pa.int32())
     if isinstance(labels, np.ndarray):
         if labels.ndim != 1:
-            raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+            raise InputError(f"labels must be 1-D, got shape {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+            raise InputError(f"labels must be integers, got dtype {labels.dtype}")
         values: list[int | None] = [int(v) for v in labels]
     else:
         values = list(labels)
         for v in values:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
-                raise ValueError(f"labels must be ints or None, got {v!r}")
+                raise InputError(f"labels must be ints or None, got {v!r}")
     if len(values) != n:
-        raise ValueError(f"labels has {len(values)} entries but there are {n} images")
+        raise InputError(f"labels has {len(values)} entries but there are {n} images")
     if any(v is not None and not -(2**31) <= int(v) < 2**31 for v in values):
-        raise ValueError("labels must fit int32")
+        raise InputError("labels must fit int32")
     return pa.array(values, pa.int32())
 
 
@@ -272,17 +258,17 @@ def features_table(sample_ids: Sequence[str], features: np.ndarray) -> pa.Table:
     ids = [str(s) for s in sample_ids]
     arr = np.asarray(features)
     if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"features must be floating point, got {arr.dtype}")
+        raise InputError(f"features must be floating point, got {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] == 0:
-        raise ValueError(f"features must be 2-D (N, dim) with dim > 0, got shape {arr.shape}")
+        raise InputError(f"features must be 2-D (N, dim) with dim > 0, got shape {arr.shape}")
     if arr.shape[0] != len(ids):
-        raise ValueError(f"{len(ids)} sample ids for {arr.shape[0]} feature rows")
+        raise InputError(f"{len(ids)} sample ids for {arr.shape[0]} feature rows")
     if len(set(ids)) != len(ids):
-        raise ValueError("sample ids must be unique")
+        raise InputError("sample ids must be unique")
     with np.errstate(over="ignore"):
         arr32 = np.ascontiguousarray(arr, dtype=np.float32)
     if not np.isfinite(arr32).all():
-        raise ValueError("features contain NaN or inf (or overflow float32)")
+        raise InputError("features contain NaN or inf (or overflow float32)")
     dim = arr32.shape[1]
     flat = pa.array(arr32.reshape(-1), pa.float32())
     column = pa.FixedSizeListArray.from_arrays(flat, dim)
@@ -299,7 +285,7 @@ def scores_table(sample_ids: Sequence[str], scores: dict[str, np.ndarray]) -> pa
     for name in SCORE_COLUMNS:
         values = np.asarray(scores[name], dtype=np.float64)
         if values.shape != (len(ids),):
-            raise ValueError(f"score {name!r} has shape {values.shape}, expected ({len(ids)},)")
+            raise InputError(f"score {name!r} has shape {values.shape}, expected ({len(ids)},)")
         columns[name] = pa.array(values, pa.float64())
     columns["in_support"] = pa.array(np.asarray(scores["in_support"], dtype=bool))
     return pa.table(columns)
@@ -370,7 +356,7 @@ def retry(
     StorageError names `what` (an operation and URL) and the last error.
     """
     if attempts < 1:
-        raise ValueError(f"attempts must be >= 1, got {attempts}")
+        raise InputError(f"attempts must be >= 1, got {attempts}")
     for attempt in range(attempts):
         try:
             return fn()
@@ -413,7 +399,7 @@ def _hint(err: BaseException) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -455,12 +441,12 @@ class ShardRecord:
                 bytes=int(data["bytes"]),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"invalid shard record {data!r}: {_one_line(err)}") from err
+            raise InputError(f"invalid shard record {data!r}: {_one_line(err)}") from err
         validate_kind(record.kind)
         if record.path != shard_relpath(record.kind, record.index):
-            raise ValueError(f"shard record path {record.path!r} does not match {record.key}")
+            raise InputError(f"shard record path {record.path!r} does not match {record.key}")
         if not re.fullmatch(r"[0-9a-f]{64}", record.sha256) or record.rows < 0 or record.bytes < 0:
-            raise ValueError(f"invalid shard record {data!r}")
+            raise InputError(f"invalid shard record {data!r}")
         return record
 
 
@@ -469,7 +455,7 @@ def config_hash(config: dict[str, Any]) -> str:
     try:
         text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"config is not JSON-serialisable: {_one_line(err)}") from err
+        raise InputError(f"config is not JSON-serialisable: {_one_line(err)}") from err
     return sha256_hex(text.encode("utf-8"))
 
 
@@ -486,12 +472,12 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, dict):
-            raise ValueError(f"config must be a dict, got {type(self.config).__name__}")
+            raise InputError(f"config must be a dict, got {type(self.config).__name__}")
         expected = config_hash(self.config)
         if not self.config_hash:
             self.config_hash = expected
         elif self.config_hash != expected:
-            raise ValueError(f"manifest config_hash {self.config_hash} does not match its config ({expected})")
+            raise InputError(f"manifest config_hash {self.config_hash} does not match its config ({expected})")
         self.created = self.created or _now()
         self.updated = self.updated or self.created
 
@@ -539,10 +525,10 @@ class Manifest:
                 updated=str(data.get("updated", "")),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
-            raise ValueError(f"invalid manifest: {_one_line(err)}") from err
+            raise InputError(f"invalid manifest: {_one_line(err)}") from err
         for key, rec in shards.items():
             if key != rec.key:
-                raise ValueError(f"invalid manifest: key {key!r} holds the record of {rec.key!r}")
+                raise InputError(f"invalid manifest: key {key!r} holds the record of {rec.key!r}")
         return manifest
 
 
@@ -552,11 +538,11 @@ class Manifest:
 def validate_kind(kind: str) -> str:
     """`samples`, `features/<extractor>`, ...: lowercase relative segments, so no write leaves the root."""
     if not isinstance(kind, str) or not kind:
-        raise ValueError(f"shard kind must be a non-empty string, got {kind!r}")
+        raise InputError(f"shard kind must be a non-empty string, got {kind!r}")
     segments = kind.split("/")
     for seg in segments:
         if seg in ("", ".", "..") or not _KIND_SEGMENT.match(seg):
-            raise ValueError(
+            raise InputError(
                 f"invalid shard kind {kind!r}: use relative '/'-separated segments of [a-z0-9_.-] "
                 "(no '..', no leading '/' or '.')"
             )
@@ -590,7 +576,7 @@ class ShardStore:
         retry_delay: float = 0.2,
     ) -> None:
         if not isinstance(url, str) or not url.strip():
-            raise ValueError(f"storage URL must be a non-empty string, got {url!r}")
+            raise InputError(f"storage URL must be a non-empty string, got {url!r}")
         self.url = url
         self.storage_options = dict(storage_options or {})
         self.retries = retries
@@ -607,7 +593,7 @@ class ShardStore:
             return stripped
         if self.local or "memory" in _protocols(self.fs):
             return ""  # filesystem root: joined paths start with "/"
-        raise ValueError(f"storage URL {self.url!r} names no bucket or container")
+        raise InputError(f"storage URL {self.url!r} names no bucket or container")
 
     def __repr__(self) -> str:
         return f"ShardStore({self.url!r})"
@@ -625,11 +611,11 @@ class ShardStore:
     def _abs(self, rel: str) -> str:
         """Filesystem path of `rel`, refusing anything that would resolve outside the root."""
         if rel.startswith("/") or "\\" in rel:
-            raise ValueError(f"path {rel!r} must be relative to the output root")
+            raise InputError(f"path {rel!r} must be relative to the output root")
         full = f"{self.root}/{rel}"
         norm = posixpath.normpath(full)
         if norm != full or not norm.startswith(self.root + "/"):
-            raise ValueError(f"path {rel!r} resolves outside the output root {self.url}")
+            raise InputError(f"path {rel!r} resolves outside the output root {self.url}")
         return full
 
     def shard_path(self, kind: str, index: int) -> str:
@@ -653,7 +639,7 @@ class ShardStore:
         """s3fs/gcsfs cache listings: drop them so exists()/ls() see what was just written."""
         try:
             self.fs.invalidate_cache(path)
-        except Exception:  # noqa: BLE001 - a cache refresh must never fail a write
+        except Exception:
             pass
 
     def _put_atomic(self, rel: str, data: bytes) -> None:
@@ -693,7 +679,7 @@ class ShardStore:
         try:
             if self.fs.exists(path):
                 self.fs.rm(path)
-        except Exception:  # noqa: BLE001 - best effort: the original error matters more
+        except Exception:
             pass
 
     def _get(self, rel: str) -> bytes:
@@ -703,7 +689,7 @@ class ShardStore:
         try:
             return self._retry(lambda: self.fs.cat_file(path), f"read {url}")
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"{url} does not exist") from err
+            raise MissingFileError(f"{url} does not exist") from err
         except (StorageError, ValueError):
             raise
         except OSError as err:
@@ -715,13 +701,13 @@ class ShardStore:
         """Serialize, hash and atomically store one shard; returns the record for the manifest."""
         rel = shard_relpath(kind, index)
         if not isinstance(table, pa.Table):
-            raise ValueError(f"write_shard needs a pyarrow Table, got {type(table).__name__}")
+            raise InputError(f"write_shard needs a pyarrow Table, got {type(table).__name__}")
         if kind == "samples":
             table = _conform_samples(table)
         try:
             data = parquet_bytes(table)
         except (pa.ArrowException, TypeError) as err:
-            raise ValueError(f"cannot serialize {kind} shard {index} to Parquet: {_one_line(err)}") from err
+            raise InputError(f"cannot serialize {kind} shard {index} to Parquet: {_one_line(err)}") from err
         self._put_atomic(rel, data)
         return ShardRecord(kind=kind, index=int(index), path=rel, rows=table.num_rows, sha256=sha256_hex(data), bytes=len(data))
 
@@ -827,8 +813,8 @@ class ShardStore:
         self._remove_quietly(self._abs(MANIFEST_NAME))
         for entry in RUN_ENTRIES:
             path = self._abs(entry)
-            if self._retry(lambda: self.fs.exists(path), f"stat {self.url_of(entry)}"):
-                self._retry(lambda: self.fs.rm(path, recursive=True), f"delete {self.url_of(entry)}")
+            if self._retry(lambda path=path: self.fs.exists(path), f"stat {self.url_of(entry)}"):
+                self._retry(lambda path=path: self.fs.rm(path, recursive=True), f"delete {self.url_of(entry)}")
             self._invalidate(path)
 
     # ----- preflight
@@ -844,12 +830,12 @@ class ShardStore:
             finally:
                 try:  # retried like any write: a passing blip must not leave the probe behind
                     self._retry(lambda: self.fs.rm(self._abs(rel)), f"delete {self.url_of(rel)}")
-                except Exception:  # noqa: BLE001 - the check's own outcome matters more
+                except Exception:
                     pass
                 self._invalidate(self._abs(rel))
             if back != payload:
                 raise StorageError("the probe read back different bytes")
-        except Exception as err:  # noqa: BLE001 - every failure becomes one line naming the URL
+        except Exception as err:
             cause = err.__cause__ if isinstance(err, StorageError) and err.__cause__ else err
             raise StorageError(f"output {self.url} is not writable: {_one_line(cause)}{_hint(cause)}") from err
 
@@ -869,5 +855,5 @@ def _upgrade_samples(table: pa.Table) -> pa.Table:
 def _conform_samples(table: pa.Table) -> pa.Table:
     """Samples shards must match SAMPLES_SCHEMA (metadata included, so datasets decodes images)."""
     if not table.schema.equals(SAMPLES_SCHEMA, check_metadata=False):
-        raise ValueError(f"samples table does not match SAMPLES_SCHEMA: got {table.schema.to_string(show_schema_metadata=False)!r}")
+        raise InputError(f"samples table does not match SAMPLES_SCHEMA: got {table.schema.to_string(show_schema_metadata=False)!r}")
     return table.replace_schema_metadata(SAMPLES_SCHEMA.metadata)

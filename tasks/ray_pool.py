@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import queue
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
-from minority_core.worker import ShardWorker
+from minority_core.errors import InputError
+from minority_core.runs.worker import ShardWorker
 
 ACTOR_MAX_RESTARTS = -1  # always restart: a budget per actor would let a long run die after a few crashes
 ACTOR_MAX_TASK_RETRIES = 4  # per call, so a shard that crashes its actor every time still fails in bounded time
@@ -34,7 +35,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     try:
         ray.init(address=address, **kwargs)
     except ConnectionError as exc:
-        raise ValueError(f"could not connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"could not connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
 
 
 class ActorPool:

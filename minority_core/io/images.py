@@ -8,14 +8,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from minority_core.errors import InputError
+
 
 def to_uint8_nhwc(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """Float NCHW in [−1, 1] → uint8 NHWC, rounding as image libraries do."""
     array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if array.ndim != 4:
-        raise ValueError(f"images must be 4-D NCHW, got shape {array.shape}")
+        raise InputError(f"images must be 4-D NCHW, got shape {array.shape}")
     if not np.isfinite(array).all():
-        raise ValueError("images contain NaN or inf; refusing to encode them")
+        raise InputError("images contain NaN or inf; refusing to encode them")
     scaled = np.clip((array.astype(np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     return scaled.transpose(0, 2, 3, 1)
 
@@ -24,7 +26,7 @@ def grid_png(images_uint8_nhwc: np.ndarray, ncol: int | None = None, upscale: in
     """A contact sheet of NHWC uint8 images as PNG bytes; tiny images are upscaled (nearest) to be seen."""
     images = np.asarray(images_uint8_nhwc)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) == 0:
-        raise ValueError(f"grid_png needs a non-empty uint8 NHWC array, got {images.dtype} {images.shape}")
+        raise InputError(f"grid_png needs a non-empty uint8 NHWC array, got {images.dtype} {images.shape}")
     n, h, w, c = images.shape
     upscale = upscale or max(1, 32 // max(h, w))
     ncol = ncol or int(np.ceil(np.sqrt(n)))

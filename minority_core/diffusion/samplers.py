@@ -12,24 +12,21 @@ Everything runs under `torch.no_grad` except the guided step's single backward p
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import NoiseSchedule
-from .guidance import MinorityGuidance, minority_gradient, resolve_distance
-from .model_api import DenoisingModel, ModelOutput, call_model, model_device
+from minority_core.diffusion.guidance import MinorityGuidance, minority_gradient, resolve_distance
+from minority_core.diffusion.model_api import DenoisingModel, ModelOutput, call_model, model_device
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError, NonFiniteSampleError
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (grid index, x_{t-1}, x̂0)
 # (x_t, grid index, respaced grid, model output, Σ at this step) -> shift added to the step mean,
 # an ADM-style `cond_fn`: how baselines such as classifier guidance plug into the same loop.
 MeanShift = Callable[[torch.Tensor, int, NoiseSchedule, ModelOutput, "torch.Tensor | float"], torch.Tensor]
-
-
-class NonFiniteSampleError(FloatingPointError):
-    """Sampling produced NaN or inf: raised instead of ever returning a corrupt sample."""
 
 
 def ancestral_sample(
@@ -91,7 +88,7 @@ def ddim_sample(
 ) -> torch.Tensor:
     """DDIM sampling (η = 0 deterministic, η = 1 ≈ ancestral); guidance is our extension (see module doc)."""
     if not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must be in [0, 1], got {eta!r}")
+        raise InputError(f"eta must be in [0, 1], got {eta!r}")
 
     def step(x: torch.Tensor, i: int, out: ModelOutput, x0: torch.Tensor, grid: NoiseSchedule, noise: torch.Tensor, guide: torch.Tensor | None) -> torch.Tensor:
         abar, abar_prev = grid.alphas_cumprod[i], grid.alphas_cumprod_prev[i]
@@ -113,19 +110,19 @@ def _sample_loop(step, model, schedule, shape, guidance, steps, generator, progr
     if guidance is not None and not isinstance(guidance, MinorityGuidance):
         raise TypeError(f"guidance must be a MinorityGuidance or None, got {type(guidance).__name__}")
     if len(shape) < 2 or any(not isinstance(d, int) or d < 1 for d in shape):
-        raise ValueError(f"shape must be (batch, channels, ...) of positive integers, got {tuple(shape)!r}")
+        raise InputError(f"shape must be (batch, channels, ...) of positive integers, got {tuple(shape)!r}")
     device = torch.device(device) if device is not None else model_device(model)
     grid = schedule.respace(steps)
     if class_labels is not None:
         class_labels = class_labels.to(device)
         if class_labels.shape != (shape[0],):
-            raise ValueError(f"class_labels must have shape ({shape[0]},), got {tuple(class_labels.shape)}")
+            raise InputError(f"class_labels must have shape ({shape[0]},), got {tuple(class_labels.shape)}")
     distance = resolve_distance(guidance, device) if guidance is not None else None
     autocast_ctx = torch.autocast(device.type) if autocast else nullcontext()
 
     start = len(grid) - 1 if start_index is None else start_index
     if not isinstance(start, int) or not 0 <= start < len(grid):
-        raise ValueError(f"start index {start!r} is outside the {len(grid)}-step grid")
+        raise InputError(f"start index {start!r} is outside the {len(grid)}-step grid")
     x = _randn(shape, generator, device)
     if init_scale != 1.0:
         x = x * init_scale

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minority_core.errors import InputError, MissingFileError
+
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 CHANNELS = (64, 192, 384, 256, 256)
 MIN_SIZE = 32  # AlexNet's stride-4 stem and two pools need at least this many pixels
@@ -74,7 +76,7 @@ class LPIPS(nn.Module):
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1))
         self.requires_grad_(False)
 
-    def load_weights(self, alexnet_state: dict, heads_state: dict) -> "LPIPS":
+    def load_weights(self, alexnet_state: dict, heads_state: dict) -> LPIPS:
         features = {k: v for k, v in alexnet_state.items() if k.startswith("features.")}
         self.net.load_state_dict(features, strict=True)
         heads = {f"{k}.weight": heads_state[f"lin{k}.model.1.weight"] for k in range(len(CHANNELS))}
@@ -93,7 +95,7 @@ class LPIPS(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] != 3:
-            raise ValueError(f"LPIPS needs 1- or 3-channel images, got {x.shape[1]} channels")
+            raise InputError(f"LPIPS needs 1- or 3-channel images, got {x.shape[1]} channels")
         if min(x.shape[-2:]) < MIN_SIZE:  # too small for AlexNet: upsample, as one would to view it
             x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
         return (x - self.shift) / self.scale
@@ -107,12 +109,12 @@ def load_lpips(device: torch.device | str = "cpu") -> LPIPS:
     """LPIPS with real weights; a one-line error names whichever file is missing and where it goes."""
     alexnet = alexnet_weights_path()
     if not alexnet.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"LPIPS needs the AlexNet weights: put torchvision's {ALEXNET_FILE} at {alexnet} (or set TORCH_HOME), or use distance 'l2'"
         )
     heads = lpips_heads_path()
     if heads is None or not heads.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"LPIPS needs its linear heads alex.pth: `pip install lpips==0.1.4 --no-deps` or set MINORITY_LPIPS_HEADS to the file (looked at {heads})"
         )
     state = torch.load(alexnet, map_location="cpu", weights_only=True)

@@ -6,6 +6,8 @@ shard k do not depend on how many workers ran the job or in which order shards f
 
 from __future__ import annotations
 
+from minority_core.errors import InputError
+
 from dataclasses import asdict, dataclass
 import math
 from functools import lru_cache
@@ -14,9 +16,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .guidance import MinorityGuidance
-from .models import LoadedModel
-from .sampling import ancestral_sample, ddim_sample
+from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.models import LoadedModel
+from minority_core.diffusion.samplers import ancestral_sample, ddim_sample
 
 Sampler = Literal["ancestral", "ddim"]
 Method = Literal["standard", "self-guided", "boost-and-skip", "minority-classifier"]
@@ -53,33 +55,33 @@ class SamplerConfig:
         if self.class_labels is not None:
             labels = (self.class_labels,) if isinstance(self.class_labels, int) else tuple(self.class_labels)
             if not labels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in labels):
-                raise ValueError(f"class_labels must be a non-empty list of class indices ≥ 0, got {self.class_labels!r}")
+                raise InputError(f"class_labels must be a non-empty list of class indices ≥ 0, got {self.class_labels!r}")
             object.__setattr__(self, "class_labels", labels)
         if self.prompts is not None:
             prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
             if not prompts or not all(isinstance(p, str) for p in prompts):
-                raise ValueError("prompts must be a non-empty list of strings (one per line in a prompts file)")
+                raise InputError("prompts must be a non-empty list of strings (one per line in a prompts file)")
             object.__setattr__(self, "prompts", prompts)
         if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be a finite number ≥ 0, got {self.cfg_scale!r}")
+            raise InputError(f"cfg_scale must be a finite number ≥ 0, got {self.cfg_scale!r}")
         if not isinstance(self.negative_prompt, str):
-            raise ValueError(f"negative_prompt must be a string, got {self.negative_prompt!r}")
+            raise InputError(f"negative_prompt must be a string, got {self.negative_prompt!r}")
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method != "self-guided" and self.guidance is not None:
-            raise ValueError(f"method {self.method!r} takes no self-guidance settings; use method 'self-guided'")
+            raise InputError(f"method {self.method!r} takes no self-guidance settings; use method 'self-guided'")
         if self.method in ("boost-and-skip", "minority-classifier") and self.sampler != "ancestral":
-            raise ValueError(f"method {self.method!r} runs on the ancestral sampler only, not {self.sampler!r}")
+            raise InputError(f"method {self.method!r} runs on the ancestral sampler only, not {self.sampler!r}")
         if self.method == "minority-classifier" and not self.classifier:
-            raise ValueError("method 'minority-classifier' needs a trained level classifier: pass --classifier DIR (see `train_minority_classifier`)")
+            raise InputError("method 'minority-classifier' needs a trained level classifier: pass --classifier DIR (see `train_minority_classifier`)")
         if self.sampler not in ("ancestral", "ddim"):
-            raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
+            raise InputError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
         if not isinstance(self.steps, int) or self.steps < 2:
-            raise ValueError(f"steps must be an integer ≥ 2, got {self.steps!r}")
+            raise InputError(f"steps must be an integer ≥ 2, got {self.steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be an integer ≥ 1, got {self.batch_size!r}")
+            raise InputError(f"batch_size must be an integer ≥ 1, got {self.batch_size!r}")
         if not 0.0 <= float(self.eta) <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {self.eta!r}")
+            raise InputError(f"eta must be in [0, 1], got {self.eta!r}")
 
     def to_dict(self) -> dict:
         """JSON-ready; the text fields appear only when there are prompts, so the identity (and
@@ -118,7 +120,7 @@ def generate(
     (`sample_prompts`) for text-to-image models, and is unused otherwise.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
+        raise InputError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
     check_model_fits(loaded.spec, config)
     check_class_labels(loaded, config)
     generator = torch.Generator().manual_seed(seed)
@@ -142,14 +144,14 @@ def check_model_fits(spec: str, config: SamplerConfig) -> None:
     Checked from the spec alone, so the CLI and the flow refuse a mismatch before loading anything."""
     if not str(spec).startswith("latent:"):
         if config.prompts is not None:
-            raise ValueError(f"prompts apply to text-to-image (latent:) models only; {spec} is not one: drop --prompt/--prompts-file")
+            raise InputError(f"prompts apply to text-to-image (latent:) models only; {spec} is not one: drop --prompt/--prompts-file")
         return
     if config.prompts is None:
-        raise ValueError(f"{spec} is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE (one prompt per line)")
+        raise InputError(f"{spec} is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE (one prompt per line)")
     if config.method not in ("self-guided", "standard"):
-        raise ValueError(f"method {config.method!r} is not available for latent: models; use self-guided or standard")
+        raise InputError(f"method {config.method!r} is not available for latent: models; use self-guided or standard")
     if config.guidance is not None and config.guidance.distance != "l2":
-        raise ValueError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents (pass --distance l2)")
+        raise InputError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents (pass --distance l2)")
 
 
 def sample_prompts(config: SamplerConfig, first_index: int, count: int) -> list[str] | None:
@@ -157,7 +159,7 @@ def sample_prompts(config: SamplerConfig, first_index: int, count: int) -> list[
     sample k gets prompts[k mod len], whatever the shard size or number of workers."""
     if config.prompts is None:
         return None
-    from .models.latent import shard_prompts
+    from minority_core.models.latent import shard_prompts
 
     return shard_prompts(config.prompts, first_index, count)
 
@@ -171,18 +173,18 @@ def _sample_latent_batch(loaded: LoadedModel, prompts: list[str], config: Sample
 
 def _sample_batch(loaded: LoadedModel, shape, config: SamplerConfig, generator, y, device, progress) -> torch.Tensor:
     if loaded.upsampler is not None:
-        from .models.adm_loader import sample_imagenet256
+        from minority_core.models.adm_loader import sample_imagenet256
 
         if config.method not in ("self-guided", "standard") or config.sampler != "ancestral":
-            raise ValueError("the two-stage ImageNet-256 model runs self-guided or standard ancestral sampling only")
+            raise InputError("the two-stage ImageNet-256 model runs self-guided or standard ancestral sampling only")
         return sample_imagenet256(loaded, loaded.upsampler, shape[0], config.guidance, steps=config.steps, generator=generator, class_labels=y, progress=progress)
     common = dict(steps=config.steps, generator=generator, progress=progress, class_labels=y, device=device)
     if config.method == "boost-and-skip":
-        from .baselines import boost_and_skip_sample
+        from minority_core.baselines import boost_and_skip_sample
 
         return boost_and_skip_sample(loaded.model, loaded.schedule, shape, gamma=config.gamma, skip=config.skip, **common)
     if config.method == "minority-classifier":
-        from .baselines import classifier_guided_sample
+        from minority_core.baselines import classifier_guided_sample
 
         classifier = _level_classifier(config.classifier, str(device))
         return classifier_guided_sample(loaded.model, loaded.schedule, classifier, shape, scale=config.classifier_scale, **common)
@@ -193,7 +195,7 @@ def _sample_batch(loaded: LoadedModel, shape, config: SamplerConfig, generator, 
 
 @lru_cache(maxsize=4)
 def _level_classifier(path: str, device: str):
-    from .baselines import load_level_classifier
+    from minority_core.baselines import load_level_classifier
 
     return load_level_classifier(path, device)
 
@@ -204,10 +206,10 @@ def check_class_labels(loaded: LoadedModel, config: SamplerConfig) -> None:
     if config.class_labels is None:
         return
     if loaded.num_classes is None:
-        raise ValueError(f"class labels (--class-label) given but {loaded.spec} is unconditional: drop them")
+        raise InputError(f"class labels (--class-label) given but {loaded.spec} is unconditional: drop them")
     bad = sorted({c for c in config.class_labels if c >= loaded.num_classes})
     if bad:
-        raise ValueError(f"class labels {bad} are out of range: {loaded.spec} has classes 0…{loaded.num_classes - 1}")
+        raise InputError(f"class labels {bad} are out of range: {loaded.spec} has classes 0…{loaded.num_classes - 1}")
 
 
 def _class_labels(loaded: LoadedModel, n: int, config: SamplerConfig, generator: torch.Generator, first_index: int) -> torch.Tensor | None:

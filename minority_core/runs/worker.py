@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import SamplerConfig, check_class_labels, generate, sample_prompts
-from .images import to_uint8_nhwc
-from .labeling import label_samples
-from .models import load_model
-from .shards import ShardRecord, ShardStore, features_table, sample_id, samples_table
+from minority_core.runs.generate import SamplerConfig, check_class_labels, generate, sample_prompts
+from minority_core.io.images import to_uint8_nhwc
+from minority_core.demo.labeling import label_samples
+from minority_core.models import load_model
+from minority_core.io import ShardRecord, ShardStore, features_table, sample_id, samples_table
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ShardWorker:
             self.init_error = exc
 
     def _start(self, model_spec, sampler_config, store_url, storage_options, device, extractor, model_options, arm) -> None:
-        from .guidance import MinorityGuidance
+        from minority_core.diffusion.guidance import MinorityGuidance
 
         guidance = sampler_config.get("guidance")
         self.config = SamplerConfig(**{**sampler_config, "guidance": MinorityGuidance(**guidance) if guidance else None})
@@ -60,7 +60,7 @@ class ShardWorker:
         self.store = ShardStore(store_url, storage_options)
         self.extractor = None
         if extractor:
-            from .features import get_extractor
+            from minority_core.metrics.features import get_extractor
 
             self.extractor = get_extractor(extractor, device=device)
         self.arm = arm

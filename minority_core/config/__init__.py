@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from minority_core.presets import defaults_for, sampler_config_for
+from minority_core.config.presets import defaults_for, sampler_config_for
+from minority_core.errors import InputError
 
 SECRET_KEY = re.compile(r"(secret|password|token|key$|^key|credential|session)", re.IGNORECASE)
 STORAGE_OPTIONS_ENV = "MINORITY_STORAGE_OPTIONS"
@@ -23,7 +24,7 @@ class SynthesisConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:  # one line naming each bad field, for library callers too
-            raise ValueError(describe_validation_error(exc)) from None
+            raise InputError(describe_validation_error(exc)) from None
 
     model: str = "bundled:digits"
     preset: str | None = None
@@ -81,10 +82,10 @@ class SynthesisConfig(BaseModel):
         return check_no_secrets(value)
 
     @model_validator(mode="after")
-    def _adm_flags_valid(self) -> "SynthesisConfig":
+    def _adm_flags_valid(self) -> SynthesisConfig:
         if self.adm_flags:
             if not self.model.startswith("adm:"):
-                raise ValueError(f"adm_flags apply to adm: models only; {self.model} is not one")
+                raise InputError(f"adm_flags apply to adm: models only; {self.model} is not one")
             self.model_options()
         return self
 
@@ -95,10 +96,10 @@ class SynthesisConfig(BaseModel):
         return load_options(self.preset, self.upsampler, self.adm_flags)
 
     @model_validator(mode="after")
-    def _sampler_valid(self) -> "SynthesisConfig":
+    def _sampler_valid(self) -> SynthesisConfig:
         self.sampler_config()  # builds MinorityGuidance / SamplerConfig: their validation applies here
         if "://" not in self.out and not self.out.startswith("/"):
-            raise ValueError(f"out must be an absolute path or a URL (file://, s3://, gs://, memory://), got {self.out!r}")
+            raise InputError(f"out must be an absolute path or a URL (file://, s3://, gs://, memory://), got {self.out!r}")
         return self
 
     def sampler_config(self):
@@ -147,7 +148,7 @@ def check_no_secrets(options: dict | None) -> dict:
     options = dict(options or {})
     secret = sorted(k for k in options if SECRET_KEY.search(str(k)))
     if secret:
-        raise ValueError(
+        raise InputError(
             f"storage option(s) {secret} look like credentials: pass them through the environment "
             f"(e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) or {STORAGE_OPTIONS_ENV}, never as flow parameters"
         )

@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from minority_core.errors import InputError
+
 FixedVariance = Literal["fixed_small", "fixed_large"]
 
 
@@ -30,28 +32,28 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         betas = np.asarray(self.betas, dtype=np.float64)
         if betas.ndim != 1 or len(betas) < 2:
-            raise ValueError(f"betas must be a 1-D array of at least 2 values, got shape {betas.shape}")
+            raise InputError(f"betas must be a 1-D array of at least 2 values, got shape {betas.shape}")
         if not np.all((betas > 0) & (betas <= 1)):
-            raise ValueError("betas must lie in (0, 1]; check the schedule's beta_start/beta_end")
+            raise InputError("betas must lie in (0, 1]; check the schedule's beta_start/beta_end")
         if self.fixed_variance not in ("fixed_small", "fixed_large"):
-            raise ValueError(f"fixed_variance must be 'fixed_small' or 'fixed_large', got {self.fixed_variance!r}")
+            raise InputError(f"fixed_variance must be 'fixed_small' or 'fixed_large', got {self.fixed_variance!r}")
         timesteps = np.arange(len(betas)) if self.timesteps is None else np.asarray(self.timesteps, dtype=np.int64)
         if timesteps.shape != betas.shape:
-            raise ValueError(f"timesteps has {len(timesteps)} entries but betas has {len(betas)}")
+            raise InputError(f"timesteps has {len(timesteps)} entries but betas has {len(betas)}")
         object.__setattr__(self, "betas", betas)
         object.__setattr__(self, "timesteps", timesteps.astype(np.int64))
 
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def linear(cls, num_timesteps: int = 1000, **kwargs) -> "NoiseSchedule":
+    def linear(cls, num_timesteps: int = 1000, **kwargs) -> NoiseSchedule:
         """DDPM's linear schedule, β from 1e-4 to 0.02 at T = 1000 (scaled by 1000/T otherwise)."""
         _check_num_timesteps(num_timesteps)
         scale = 1000.0 / num_timesteps
         return cls(np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64), **kwargs)
 
     @classmethod
-    def cosine(cls, num_timesteps: int = 1000, **kwargs) -> "NoiseSchedule":
+    def cosine(cls, num_timesteps: int = 1000, **kwargs) -> NoiseSchedule:
         """Nichol & Dhariwal's cosine schedule (s = 0.008, β capped at 0.999)."""
         _check_num_timesteps(num_timesteps)
 
@@ -64,14 +66,14 @@ class NoiseSchedule:
         ]
         return cls(np.array(betas, dtype=np.float64), **kwargs)
 
-    def respace(self, steps: int) -> "NoiseSchedule":
+    def respace(self, steps: int) -> NoiseSchedule:
         """An evenly spaced sub-grid of `steps` steps with the β' that keep ᾱ on the kept steps.
 
         Same grid as improved-DDPM's `space_timesteps(T, [steps])`: indices round(k·(T−1)/(steps−1)).
         """
         total = len(self.betas)
         if not isinstance(steps, (int, np.integer)) or steps < 2 or steps > total:
-            raise ValueError(f"steps must be an integer in [2, {total}] for this {total}-step schedule, got {steps!r}")
+            raise InputError(f"steps must be an integer in [2, {total}] for this {total}-step schedule, got {steps!r}")
         if steps == total:
             return self
         stride = (total - 1) / (steps - 1)
@@ -147,4 +149,4 @@ class NoiseSchedule:
 
 def _check_num_timesteps(num_timesteps: int) -> None:
     if not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 2:
-        raise ValueError(f"num_timesteps must be an integer ≥ 2, got {num_timesteps!r}")
+        raise InputError(f"num_timesteps must be an integer ≥ 2, got {num_timesteps!r}")

@@ -13,7 +13,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from minority_core.errors import InputError, MissingFileError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATASETS_DIR = Path(os.environ.get("MINORITY_DATASETS_DIR", PROJECT_ROOT / "deployments" / "datasets"))
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 
@@ -50,11 +52,11 @@ class PromptsEntry(_Strict):
     negative_prompt: str | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "PromptsEntry":
+    def _one_source(self) -> PromptsEntry:
         if (self.items is None) == (self.file is None):
-            raise ValueError("give the prompts as items (a list) or file (a path), exactly one of them")
+            raise InputError("give the prompts as items (a list) or file (a path), exactly one of them")
         if self.file is not None and "://" in self.file:
-            raise ValueError(f"prompts file must be a local path (absolute, or relative to the project root), got the URL {self.file!r}")
+            raise InputError(f"prompts file must be a local path (absolute, or relative to the project root), got the URL {self.file!r}")
         return self
 
 
@@ -74,7 +76,7 @@ class ScheduleEntry(_Strict):
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
         if value is not None and len(value.split()) != 5:
-            raise ValueError(f"cron must have 5 fields (minute hour day month weekday), got {value!r}")
+            raise InputError(f"cron must have 5 fields (minute hour day month weekday), got {value!r}")
         return value
 
 
@@ -100,12 +102,12 @@ class DatasetEntry(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _prompts_match_model(self) -> "DatasetEntry":
+    def _prompts_match_model(self) -> DatasetEntry:
         text_model = self.model.startswith("latent:")
         if text_model and self.prompts is None:
-            raise ValueError("a latent: (text-to-image) model needs a prompts section (items or file)")
+            raise InputError("a latent: (text-to-image) model needs a prompts section (items or file)")
         if self.prompts is not None and not text_model:
-            raise ValueError("prompts apply to latent: (text-to-image) models only")
+            raise InputError("prompts apply to latent: (text-to-image) models only")
         return self
 
     def prompt_fields(self) -> dict:
@@ -143,20 +145,20 @@ def load_dataset_file(path: str | Path) -> DatasetEntry:
     """Parse and validate one dataset file; every problem becomes one line naming the file and field."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"dataset file {path} does not exist")
+        raise MissingFileError(f"dataset file {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a dataset file must be a mapping with name, model, reference, output")
+        raise InputError(f"{path}: a dataset file must be a mapping with name, model, reference, output")
     try:
         entry = DatasetEntry(**data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"{path}: {problems}") from None
+        raise InputError(f"{path}: {problems}") from None
     if entry.name != path.stem:
-        raise ValueError(f"{path}: name {entry.name!r} must match the file name {path.stem!r}")
+        raise InputError(f"{path}: name {entry.name!r} must match the file name {path.stem!r}")
     return entry
 
 
@@ -168,5 +170,5 @@ def get_dataset(name: str, directory: Path = DATASETS_DIR) -> DatasetEntry:
     path = Path(directory) / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(list_datasets(directory)) or "none"
-        raise ValueError(f"unknown dataset {name!r}: known datasets are {known} (files in {directory})")
+        raise InputError(f"unknown dataset {name!r}: known datasets are {known} (files in {directory})")
     return load_dataset_file(path)

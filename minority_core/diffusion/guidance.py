@@ -9,13 +9,15 @@ toward less reconstructable, i.e. rarer, samples. DESIGN §1 lists the steps one
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
-from .diffusion import NoiseSchedule
-from .model_api import DenoisingModel, ModelOutput, call_model
+from minority_core.diffusion.model_api import DenoisingModel, ModelOutput, call_model
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,7 +64,7 @@ class MinorityGuidance:
         if not _is_int(self.mc_samples) or self.mc_samples < 1:
             problems.append(f"mc_samples must be an integer ≥ 1, got {self.mc_samples!r}")
         if problems:
-            raise ValueError("invalid minority guidance: " + "; ".join(problems))
+            raise InputError("invalid minority guidance: " + "; ".join(problems))
 
     def is_guided_step(self, i: int, steps: int) -> bool:
         """Whether grid index i (counting down from steps − 1) gets the guidance term."""
@@ -148,6 +150,6 @@ def resolve_distance(guidance: MinorityGuidance, device: torch.device | str = "c
     """The distance function a guidance config names (LPIPS is loaded, and checked, only if asked)."""
     if guidance.distance == "l2":
         return l2_distance
-    from .lpips_distance import load_lpips
+    from minority_core.diffusion.lpips import load_lpips
 
     return load_lpips(device)

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .diffusion import NoiseSchedule
-from .digits import IMAGE_SIZE, RARE_CLASSES, RARE_SHARE, split_digits
+from minority_core.demo.digits import IMAGE_SIZE, RARE_CLASSES, RARE_SHARE, split_digits
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError
 
 UNET_CONFIG = dict(
     sample_size=IMAGE_SIZE,
@@ -44,9 +45,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.unet_steps < 1 or self.batch_size < 1 or self.classifier_epochs < 1:
-            raise ValueError("unet_steps, batch_size and classifier_epochs must all be ≥ 1")
+            raise InputError("unet_steps, batch_size and classifier_epochs must all be ≥ 1")
         if not 0 < self.lr < 1 or not 0 <= self.ema_decay < 1:
-            raise ValueError("lr must be in (0, 1) and ema_decay in [0, 1)")
+            raise InputError("lr must be in (0, 1) and ema_decay in [0, 1)")
 
 
 def train_unet(config: TrainConfig, log=print) -> tuple[torch.nn.Module, dict]:
@@ -94,7 +95,7 @@ def train_unet(config: TrainConfig, log=print) -> tuple[torch.nn.Module, dict]:
 
 def train_classifier(config: TrainConfig, log=print) -> tuple[torch.nn.Module, dict]:
     """The digit classifier on the *balanced* training split (±1 px shifts as augmentation)."""
-    from .models.digit_classifier import fit_digit_classifier
+    from minority_core.demo.classifier import fit_digit_classifier
 
     split = split_digits(config.seed, imbalanced=False)
     x, y = torch.from_numpy(split.train_images), torch.from_numpy(split.train_labels)
@@ -138,6 +139,6 @@ The product's embedded demo model. Built by `minority-synth train-demo` (seed {c
 - Training: {u['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, EMA {cfg['ema_decay']}; final loss (mean of last 500 steps) {u['final_loss_last_500']:.4f}; {u['seconds']:.0f} s on this machine's CPU.
 
 ## Digit classifier (`classifier.safetensors`)
-- Small CNN (`minority_core.models.digit_classifier`), trained on the *balanced* training split ({c['train_images']} images), {c['epochs']} epochs.
+- Small CNN (`minority_core.demo.classifier`), trained on the *balanced* training split ({c['train_images']} images), {c['epochs']} epochs.
 - Held-out accuracy {c['test_accuracy']:.3f} on the balanced test split. Labels generated samples; its 64-d penultimate layer is the demo feature extractor.
 """

@@ -13,7 +13,8 @@ from typing import Protocol
 
 import torch
 
-from .diffusion import NoiseSchedule
+from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import InputError
 
 
 class DenoisingModel(Protocol):
@@ -42,7 +43,7 @@ def call_model(
     if out.shape[1] == 2 * channels:
         eps, v = out.split(channels, dim=1)
         return ModelOutput(eps.to(x.dtype), v.to(x.dtype))
-    raise ValueError(
+    raise InputError(
         f"the model returned {out.shape[1]} channels for a {channels}-channel input; expected "
         f"{channels} (ε) or {2 * channels} (ε and learned variance): check the model's out_channels"
     )

@@ -12,6 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from minority_core.errors import InputError, MissingFileError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
@@ -19,21 +21,21 @@ def load_reference_images(source: str, storage_options: dict | None = None, limi
     """`bundled:digits` (the imbalanced training split the demo model saw), a folder of images, or
     a Parquet file/folder with an `image` column ({bytes, path} as Hugging Face datasets writes it)."""
     if source == "bundled:digits":
-        from .digits import split_digits
-        from .images import to_uint8_nhwc
+        from minority_core.demo.digits import split_digits
+        from minority_core.io.images import to_uint8_nhwc
 
         images = to_uint8_nhwc(split_digits().train_images)
         return images[:limit] if limit else images
     fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
     if not fs.exists(path):
-        raise FileNotFoundError(f"reference data {source!r} does not exist: pass bundled:digits, an image folder or a Parquet dataset")
+        raise MissingFileError(f"reference data {source!r} does not exist: pass bundled:digits, an image folder or a Parquet dataset")
     files = [path] if fs.isfile(path) else sorted(fs.find(path))
     parquet = [f for f in files if f.endswith(".parquet")]
     if parquet:
         return _from_parquet(fs, parquet, source, limit)
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     if not images:
-        raise ValueError(f"no images (.png/.jpg/…) or .parquet files under {source!r}")
+        raise InputError(f"no images (.png/.jpg/…) or .parquet files under {source!r}")
     return _stack([_decode(fs.cat_file(f), f) for f in images[:limit]], source)
 
 
@@ -43,7 +45,7 @@ def _from_parquet(fs, files: list[str], source: str, limit: int | None) -> np.nd
         with fs.open(f, "rb") as handle:
             table = pq.read_table(handle, columns=None)
         if "image" not in table.column_names:
-            raise ValueError(f"{f} has no 'image' column (columns: {', '.join(table.column_names)})")
+            raise InputError(f"{f} has no 'image' column (columns: {', '.join(table.column_names)})")
         for cell in table.column("image").to_pylist():
             data = cell.get("bytes") if isinstance(cell, dict) else cell
             decoded.append(_decode(data, f))
@@ -54,12 +56,12 @@ def _from_parquet(fs, files: list[str], source: str, limit: int | None) -> np.nd
 
 def _decode(data: bytes | None, where: str) -> np.ndarray:
     if not data:
-        raise ValueError(f"{where}: an image cell has no bytes")
+        raise InputError(f"{where}: an image cell has no bytes")
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        raise ValueError(f"{where}: not a decodable image ({type(exc).__name__})") from None
+    except Exception as exc:
+        raise InputError(f"{where}: not a decodable image ({type(exc).__name__})") from None
     array = np.asarray(image.convert("L") if image.mode in ("L", "1", "I;16") else image.convert("RGB"))
     return array[..., None] if array.ndim == 2 else array
 
@@ -67,5 +69,5 @@ def _decode(data: bytes | None, where: str) -> np.ndarray:
 def _stack(images: list[np.ndarray], source: str) -> np.ndarray:
     shapes = {im.shape for im in images}
     if len(shapes) != 1:
-        raise ValueError(f"reference images under {source!r} have different shapes {sorted(shapes)[:3]}: resize them to one size")
+        raise InputError(f"reference images under {source!r} have different shapes {sorted(shapes)[:3]}: resize them to one size")
     return np.stack(images).astype(np.uint8)

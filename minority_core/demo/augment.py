@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .digits import RARE_CLASSES, split_digits
+from minority_core.demo.digits import RARE_CLASSES, split_digits
+from minority_core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ def uint8_to_float(images_uint8_nhwc: np.ndarray) -> np.ndarray:
 
 def train_and_evaluate(train: TrainingSet, seed: int, epochs: int = 30, split_seed: int = 0) -> dict:
     """Fit a fresh DigitClassifier on `train`, evaluate on the balanced test split."""
-    from .models.digit_classifier import fit_digit_classifier
+    from minority_core.demo.classifier import fit_digit_classifier
 
     split = split_digits(split_seed)
     x, y = torch.from_numpy(train.images), torch.from_numpy(train.labels.astype(np.int64))
@@ -50,7 +51,7 @@ def augmentation_sets(extra: dict[str, tuple[np.ndarray, np.ndarray]], split_see
     sets = [TrainingSet("real (imbalanced)", split.train_images, split.train_labels)]
     for name, (images, labels) in extra.items():
         if len(images) != len(labels):
-            raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
+            raise InputError(f"{name}: {len(images)} images but {len(labels)} labels")
         sets.append(TrainingSet(f"real + {len(images)} {name}", np.concatenate([split.train_images, uint8_to_float(images)]), np.concatenate([split.train_labels, labels.astype(np.int64)])))
     return sets
 
@@ -58,7 +59,7 @@ def augmentation_sets(extra: dict[str, tuple[np.ndarray, np.ndarray]], split_see
 def augment_eval(extra: dict[str, tuple[np.ndarray, np.ndarray]], seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 30) -> list[dict]:
     """Mean and standard deviation over seeds of each metric, one row per training set."""
     if not seeds:
-        raise ValueError("give at least one seed")
+        raise InputError("give at least one seed")
     rows = []
     for training_set in augmentation_sets(extra):
         runs = [train_and_evaluate(training_set, seed, epochs) for seed in seeds]

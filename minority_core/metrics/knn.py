@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 
+from minority_core.errors import InputError
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FAISS's OpenMP spins 2-4x slower otherwise
 
 import math
@@ -58,16 +60,16 @@ def as_matrix(x: Any, name: str, dim: int | None = None, dtype: type = np.float3
     """`x` as a C-contiguous 2-D array of `dtype`, or a one-line ValueError naming what is wrong."""
     arr = np.asarray(x)
     if arr.ndim != 2:
-        raise ValueError(
+        raise InputError(
             f"{name} must be a 2-D array (rows, dims), got shape {arr.shape}: "
             "reshape it, e.g. x.reshape(1, -1) for a single row"
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape}): pass at least one row of at least one feature")
+        raise InputError(f"{name} is empty (shape {arr.shape}): pass at least one row of at least one feature")
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise ValueError(f"{name} has dtype {arr.dtype}: pass real numbers (float32 preferred)")
+        raise InputError(f"{name} has dtype {arr.dtype}: pass real numbers (float32 preferred)")
     if dim is not None and arr.shape[1] != dim:
-        raise ValueError(
+        raise InputError(
             f"{name} has {arr.shape[1]} dims but the reference has {dim}: "
             "use features from the same extractor on both sides"
         )
@@ -76,7 +78,7 @@ def as_matrix(x: Any, name: str, dim: int | None = None, dtype: type = np.float3
     # when every element is: one cheap pass instead of an N×d boolean mask.
     if not np.isfinite(arr.sum(dtype=np.float64)):
         row = _first_nonfinite_row(arr)
-        raise ValueError(
+        raise InputError(
             f"{name} contains NaN or inf (first in row {row}, after conversion to {np.dtype(dtype).name}): "
             "drop or impute those rows first"
         )
@@ -94,17 +96,17 @@ def _first_nonfinite_row(arr: np.ndarray, block: int = 65536) -> int:
 def check_k(k: int, n: int, name: str = "k", exclude_self: bool = False) -> int:
     """Validate a neighbour count against `n` indexed rows (`exclude_self`: a row is not its own neighbour)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {k!r}")
+        raise InputError(f"{name} must be an integer, got {k!r}")
     k = int(k)
     if k < 1:
-        raise ValueError(f"{name}={k} must be at least 1")
+        raise InputError(f"{name}={k} must be at least 1")
     if exclude_self and k >= n:
-        raise ValueError(
+        raise InputError(
             f"{name}={k} needs more than {k} reference rows but there are {n} "
             f"(a row is not its own neighbour): use {name} <= {n - 1} or more rows"
         )
     if k > n:
-        raise ValueError(f"{name}={k} exceeds the {n} indexed rows: use {name} <= {n} or more rows")
+        raise InputError(f"{name}={k} exceeds the {n} indexed rows: use {name} <= {n} or more rows")
     return k
 
 
@@ -171,9 +173,9 @@ class KnnIndex:
         _check_choice(kind, KINDS, "kind")
         _check_choice(device, DEVICES, "device")
         if not 0.0 < recall_target <= 1.0:
-            raise ValueError(f"recall_target={recall_target} must be in (0, 1]")
+            raise InputError(f"recall_target={recall_target} must be in (0, 1]")
         if isinstance(tune_k, bool) or not isinstance(tune_k, (int, np.integer)) or tune_k < 1:
-            raise ValueError(f"tune_k={tune_k!r} must be an integer >= 1")
+            raise InputError(f"tune_k={tune_k!r} must be an integer >= 1")
         n, d = vectors.shape
         if kind == "auto":
             queries = n if expected_queries is None else max(1, int(expected_queries))
@@ -263,7 +265,7 @@ class KnnIndex:
         q = as_matrix(queries, "queries", self.dim)
         r = np.asarray(radii, dtype=np.float64)
         if r.shape != (len(q),) or not np.isfinite(r).all() or (r < 0).any():
-            raise ValueError(f"radii must be {len(q)} finite non-negative numbers, one per query; got shape {r.shape}")
+            raise InputError(f"radii must be {len(q)} finite non-negative numbers, one per query; got shape {r.shape}")
         order = np.argsort(r, kind="stable")
         batch = max(1, RANGE_RESULT_BUDGET // self.n)
         for start in range(0, len(order), batch):
@@ -337,10 +339,10 @@ class KnnIndex:
             index = _filled(faiss.IndexFlatL2(vectors.shape[1]), vectors, mean)
         else:
             if faiss_bytes is None:
-                raise ValueError(f"a {config['kind']} index needs its serialised FAISS bytes to be restored")
+                raise InputError(f"a {config['kind']} index needs its serialised FAISS bytes to be restored")
             index = faiss.deserialize_index(np.frombuffer(faiss_bytes, dtype=np.uint8))
             if index.ntotal != len(vectors) or index.d != vectors.shape[1]:
-                raise ValueError(
+                raise InputError(
                     f"stored index holds {index.ntotal}×{index.d} but the vectors are {vectors.shape}: save the set again"
                 )
         return cls(config["kind"], vectors, mean, index, config["measured_recall"], device)
@@ -351,12 +353,12 @@ class KnnIndex:
 
 def _check_choice(value: str, allowed: tuple[str, ...], name: str) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+        raise InputError(f"{name}={value!r} is not one of {', '.join(allowed)}")
 
 
 def _check_batch(batch_size: int) -> int:
     if int(batch_size) < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
+        raise InputError(f"batch_size={batch_size} must be at least 1")
     return int(batch_size)
 
 
@@ -401,7 +403,7 @@ def _to_gpu(cpu_index: faiss.Index, kind: str, device: str) -> faiss.Index | Non
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if gpus == 0 or not hasattr(faiss, "index_cpu_to_all_gpus"):
         if device == "gpu":
-            raise ValueError("device='gpu' but FAISS sees no GPU (faiss-cpu build or no CUDA device): use device='cpu'")
+            raise InputError("device='gpu' but FAISS sees no GPU (faiss-cpu build or no CUDA device): use device='cpu'")
         return None
     if kind == "hnsw":  # FAISS has no GPU HNSW
         if device == "gpu":

@@ -6,6 +6,8 @@ carries its own tuned defaults; the generic ones are the reference code's.
 
 from __future__ import annotations
 
+from minority_core.errors import InputError
+
 GENERIC = dict(
     steps=250, guidance_scale=0.4, perturb_ratio=0.8, every=5, stop_ratio=-1.0,
     scale_type="var", distance="l2", mc_samples=1, extractor="inception-pool3",
@@ -29,10 +31,10 @@ def defaults_for(spec: str, preset: str | None = None) -> dict:
     """The sampling defaults for a model spec: the bundled model's tuned ones, the paper's for an
     ADM preset (Um & Ye: CelebA-64/LSUN w 0.4, ImageNet-64 w 0.2 every 2, LPIPS), else generic."""
     if spec.startswith("adm:") and preset:
-        from .models.adm_loader import PAPER_GUIDANCE
+        from minority_core.models.adm_loader import PAPER_GUIDANCE
 
         if preset not in PAPER_GUIDANCE:
-            raise ValueError(f"unknown ADM preset {preset!r}: use one of {', '.join(PAPER_GUIDANCE)}")
+            raise InputError(f"unknown ADM preset {preset!r}: use one of {', '.join(PAPER_GUIDANCE)}")
         paper = PAPER_GUIDANCE[preset]
         return dict(GENERIC, guidance_scale=paper["scale"], **{k: paper[k] for k in ("perturb_ratio", "every", "scale_type", "distance", "steps")})
     if spec.startswith("latent:"):
@@ -66,8 +68,8 @@ def sampler_config_for(
     class_labels: list[int] | tuple[int, ...] | None = None,
 ):
     """A validated SamplerConfig: given values win, the model's preset fills the rest; w = 0 is standard sampling."""
-    from .generate import SamplerConfig, check_model_fits
-    from .guidance import MinorityGuidance
+    from minority_core.diffusion.guidance import MinorityGuidance
+    from minority_core.runs.generate import SamplerConfig, check_model_fits
 
     d = defaults_for(spec, preset)
     given = dict(guidance_scale=guidance_scale, perturb_ratio=perturb_ratio, every=every, stop_ratio=stop_ratio,
@@ -85,8 +87,8 @@ def sampler_config_for(
     text = {k: val for k, val in dict(prompts=prompts, cfg_scale=cfg_scale, negative_prompt=negative_prompt).items() if val is not None}
     if prompts is None and text:
         if not spec.startswith("latent:"):
-            raise ValueError(f"{', '.join(sorted(text))} apply to text-to-image (latent:) models only; {spec} is not one")
-        raise ValueError(f"{', '.join(sorted(text))} given without prompts: pass --prompt TEXT or --prompts-file FILE")
+            raise InputError(f"{', '.join(sorted(text))} apply to text-to-image (latent:) models only; {spec} is not one")
+        raise InputError(f"{', '.join(sorted(text))} given without prompts: pass --prompt TEXT or --prompts-file FILE")
     config = SamplerConfig(method=method, sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size, classifier=classifier,
                            class_labels=class_labels or None, **baseline, **text)
     check_model_fits(spec, config)

@@ -3,7 +3,7 @@ classifier, and Inception-V3 (pool3 for FID, mixed_6/conv for sFID).
 
 Every extractor takes either uint8 NHWC images (as stored in Parquet shards) or float NCHW in
 [−1, 1] (as sampled), numpy or torch, and returns float32 [N, dim]. Float input is first
-quantised to uint8 exactly as `minority_core.images.to_uint8_nhwc` stores samples (round half
+quantised to uint8 exactly as `minority_core.io.images.to_uint8_nhwc` stores samples (round half
 up), so a sample scored straight from the sampler gets the same features as its stored PNG.
 
 The Inception network is our own code, laid out so that torch-fidelity's converted TF weights
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from minority_core.errors import InputError, MissingFileError
 
 __all__ = [
     "EXTRACTORS",
@@ -70,18 +72,18 @@ class FeatureExtractor(Protocol):
 def check_images(images: Images) -> Images:
     """Validate a batch (uint8 NHWC or float NCHW, C in (1, 3), finite); one-line ValueErrors."""
     if not isinstance(images, (np.ndarray, torch.Tensor)):
-        raise ValueError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
+        raise InputError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
     shape = tuple(images.shape)
     if len(shape) != 4:
-        raise ValueError(f"images must be 4-D (uint8 NHWC or float NCHW), got shape {shape}")
+        raise InputError(f"images must be 4-D (uint8 NHWC or float NCHW), got shape {shape}")
     if _is_uint8(images):
         if shape[3] not in (1, 3):
-            raise ValueError(f"uint8 images must be NHWC with C in (1, 3), got shape {shape}")
+            raise InputError(f"uint8 images must be NHWC with C in (1, 3), got shape {shape}")
         return images
     if not _is_float(images):
-        raise ValueError(f"images must be uint8 (NHWC) or floating point (NCHW in [-1, 1]), got dtype {images.dtype}")
+        raise InputError(f"images must be uint8 (NHWC) or floating point (NCHW in [-1, 1]), got dtype {images.dtype}")
     if shape[1] not in (1, 3):
-        raise ValueError(f"float images must be NCHW with C in (1, 3), got shape {shape}")
+        raise InputError(f"float images must be NCHW with C in (1, 3), got shape {shape}")
     _check_float_values(images)
     return images
 
@@ -106,9 +108,9 @@ def _check_float_values(images: Images) -> None:
     else:
         finite, low, high = bool(np.isfinite(images).all()), float(images.min()), float(images.max())
     if not finite:
-        raise ValueError("images contain NaN or inf")
+        raise InputError("images contain NaN or inf")
     if low < -FLOAT_RANGE_LIMIT or high > FLOAT_RANGE_LIMIT:
-        raise ValueError(
+        raise InputError(
             f"float images must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]: pass 0-255 images as uint8 NHWC"
         )
 
@@ -160,7 +162,7 @@ class _BatchedExtractor:
 
     def __init__(self, device: torch.device | str = "cpu", batch_size: int = 256) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = torch.device(device)
         self.batch_size = batch_size
 
@@ -222,7 +224,7 @@ class RawPixels(_BatchedExtractor):
         if self.shape is None:
             self.shape = chw
         elif chw != self.shape:
-            raise ValueError(f"pixels extractor was fixed to C×H×W {self.shape}, got images of {chw}")
+            raise InputError(f"pixels extractor was fixed to C×H×W {self.shape}, got images of {chw}")
 
     def _forward(self, batch: Images) -> tuple[torch.Tensor, ...]:
         return (_to_float(batch, self.device, self.quantized).flatten(1),)
@@ -242,7 +244,7 @@ class DemoClassifierFeatures(_BatchedExtractor):
                  path: str | Path | None = None, quantized: bool = True) -> None:
         """`path` overrides the bundled weights (safetensors), e.g. while they are retrained."""
         super().__init__(device, batch_size)
-        from .models import load_digit_classifier
+        from minority_core.models import load_digit_classifier
 
         self.model = load_digit_classifier(self.device, path=Path(path) if path is not None else None)
         self.model.requires_grad_(False)
@@ -258,7 +260,7 @@ class DemoClassifierFeatures(_BatchedExtractor):
 
     def _check(self, images: Images) -> None:
         if _chw(images) != self.image_shape:
-            raise ValueError(f"demo-classifier needs 1×8×8 images, got C×H×W {_chw(images)}")
+            raise InputError(f"demo-classifier needs 1×8×8 images, got C×H×W {_chw(images)}")
 
     def _forward(self, batch: Images) -> tuple[torch.Tensor, ...]:
         feats = self.model.features(_to_float(batch, self.device, self.quantized))
@@ -288,7 +290,7 @@ def resize_bilinear_tf1(images: torch.Tensor, size: tuple[int, int]) -> torch.Te
     graph): corner-aligned grid without half-pixel centres, so it differs from torch's
     `interpolate(..., align_corners=False)`; lerps in TF's order (top, bottom, then vertical)."""
     if images.ndim != 4 or not images.is_floating_point():
-        raise ValueError(f"resize_bilinear_tf1 needs a float NCHW tensor, got {images.dtype} shape {tuple(images.shape)}")
+        raise InputError(f"resize_bilinear_tf1 needs a float NCHW tensor, got {images.dtype} shape {tuple(images.shape)}")
     y0, y1, dy = _tf1_taps(images.shape[2], size[0], images.device)
     x0, x1, dx = _tf1_taps(images.shape[3], size[1], images.device)
     dx, dy = dx.to(images.dtype), dy.to(images.dtype)[:, None]
@@ -497,7 +499,7 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
         where, source = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE, "torch hub cache"
     where = where.expanduser()
     if not where.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"Inception weights {INCEPTION_WEIGHTS_FILE} not found at {where} ({source}): download {INCEPTION_WEIGHTS_URL} "
             f"to $TORCH_HOME/hub/checkpoints/ or point ${INCEPTION_WEIGHTS_ENV} at it"
         )
@@ -510,21 +512,21 @@ def load_inception(path: str | Path | None = None, device: torch.device | str = 
     try:
         state = torch.load(where, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's unpickling errors are long and multi-line; keep ours to one
-        raise ValueError(
+        raise InputError(
             f"could not read Inception weights {where} with torch.load(weights_only=True) ({type(exc).__name__}): "
             f"expected torch-fidelity's {INCEPTION_WEIGHTS_FILE}"
         ) from exc
     if not isinstance(state, dict):
-        raise ValueError(f"Inception weights {where} hold a {type(state).__name__}, not a state dict")
+        raise InputError(f"Inception weights {where} hold a {type(state).__name__}, not a state dict")
     net = InceptionV3()
     missing, unexpected = _key_mismatch(net, state)
     if missing or unexpected:
-        raise ValueError(f"Inception weights {where} do not match the torch-fidelity layout: "
+        raise InputError(f"Inception weights {where} do not match the torch-fidelity layout: "
                          f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # shape mismatches
-        raise ValueError(f"Inception weights {where} do not fit: {' '.join(str(exc).split())[:300]}") from exc
+        raise InputError(f"Inception weights {where} do not fit: {' '.join(str(exc).split())[:300]}") from exc
     return net.to(device).eval().requires_grad_(False)
 
 
@@ -588,5 +590,5 @@ EXTRACTORS: tuple[str, ...] = tuple(_REGISTRY)
 def get_extractor(name: str, device: torch.device | str = "cpu", **kwargs) -> FeatureExtractor:
     """Build an extractor by its storage name; kwargs go to its constructor (batch_size, path, …)."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown feature extractor {name!r}: valid names are {', '.join(EXTRACTORS)}")
+        raise InputError(f"unknown feature extractor {name!r}: valid names are {', '.join(EXTRACTORS)}")
     return _REGISTRY[name](device=device, **kwargs)
