@@ -17,6 +17,7 @@ import _common  # noqa: F401 - first: env defaults before faiss / torch (DESIGN 
 import numpy as np
 import torch
 
+from minority_core.config.sampler import SamplerConfig
 from minority_core.demo.digits import RARE_CLASSES
 from minority_core.diffusion.guidance import MinorityGuidance
 from minority_core.io.images import to_uint8_nhwc
@@ -24,7 +25,7 @@ from minority_core.io.sources import load_reference_images
 from minority_core.metrics import ReferenceSet
 from minority_core.metrics.features import DemoClassifierFeatures
 from minority_core.models import load_model
-from minority_core.runs.generate import SamplerConfig, generate
+from minority_core.runs.generate import generate
 
 
 def measure(loaded, extractor, refset, n, steps, guidance, seed):

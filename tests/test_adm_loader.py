@@ -231,7 +231,8 @@ def test_doctor_flags_presence(tmp_path, monkeypatch) -> None:
 def test_imagenet256_is_one_load_and_one_generate(ckpts) -> None:
     """`adm:BASE --preset imagenet64to256 --upsampler UP`: generate() runs the guided 64 px stage,
     then the upsampler unguided (here at reduced sizes, 16 → 64, the same 4× ratio)."""
-    from minority_core.runs.generate import SamplerConfig, generate
+    from minority_core.config.sampler import SamplerConfig
+    from minority_core.runs.generate import generate
 
     loaded = load_model("adm:" + ckpts["imagenet_tiny"], preset="imagenet64to256", upsampler=ckpts["upsampler_tiny"], upsampler_options=TINY_SR, **TINY)
     assert loaded.upsampler is not None and loaded.num_classes == 1000

@@ -9,8 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from minority_core.config.sampler import SamplerConfig
 from minority_core.models import load_model
-from minority_core.runs.generate import SamplerConfig, generate
+from minority_core.runs.generate import generate
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from minority_core.config.presets import sampler_config_for
+from minority_core.config.sampler import SamplerConfig
 from minority_core.diffusion.guidance import MinorityGuidance
 from minority_core.io import ShardStore
 from minority_core.models import load_model
 from minority_core.models.latent import shard_prompts
-from minority_core.runs.generate import SamplerConfig, generate
+from minority_core.runs.generate import generate
 from tests.tiny_latent import HAS_TRANSFORMERS, IMAGE, build_tiny_pipeline
 
 PROMPTS = ["a cat", "red dog", "a dog"]

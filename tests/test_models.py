@@ -113,7 +113,8 @@ def test_bundled_weights_are_safetensors_only():
 
 
 def test_bundled_classifier_is_reproducible_from_its_seed():
-    """`train-demo` rebuilds the committed classifier bit for bit (same torch build, 1 thread)."""
+    """`train-demo` rebuilds the committed classifier from its seed: bit for bit on the CPU kind it
+    was made on; on another (AVX2 vs AVX-512 kernels round differently) within float round-off."""
     import subprocess
     import sys
 
@@ -124,7 +125,8 @@ def test_bundled_classifier_is_reproducible_from_its_seed():
         "from minority_core.models import BUNDLED_DIR\n"
         "m, _ = train_classifier(TrainConfig(), log=lambda *a: None)\n"
         "ref = load_file(str(BUNDLED_DIR / 'digits' / 'classifier.safetensors'))\n"
-        "print(all(torch.equal(m.state_dict()[k], v) for k, v in ref.items()))\n"
+        "print(max((m.state_dict()[k] - v).abs().max().item() for k, v in ref.items()))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert out.stdout.strip().endswith("True"), out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-4  # measured: 0 (same CPU kind), 6.6e-6 (AVX-512)

@@ -68,8 +68,9 @@ def sampler_config_for(
     class_labels: list[int] | tuple[int, ...] | None = None,
 ):
     """A validated SamplerConfig: given values win, the model's preset fills the rest; w = 0 is standard sampling."""
-    from minority_core.diffusion.guidance import MinorityGuidance
-    from minority_core.runs.generate import SamplerConfig, check_model_fits
+    from minority_core.config.guidance import MinorityGuidance
+    from minority_core.config.sampler import SamplerConfig
+    from minority_core.runs.generate import check_model_fits
 
     d = defaults_for(spec, preset)
     given = dict(guidance_scale=guidance_scale, perturb_ratio=perturb_ratio, every=every, stop_ratio=stop_ratio,

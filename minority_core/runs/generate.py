@@ -6,98 +6,15 @@ shard k do not depend on how many workers ran the job or in which order shards f
 
 from __future__ import annotations
 
-from minority_core.errors import InputError
-
-from dataclasses import asdict, dataclass
-import math
 from functools import lru_cache
-from typing import Literal
 
 import numpy as np
 import torch
 
-from minority_core.diffusion.guidance import MinorityGuidance
-from minority_core.models import LoadedModel
+from minority_core.config.sampler import SamplerConfig
 from minority_core.diffusion.samplers import ancestral_sample, ddim_sample
-
-Sampler = Literal["ancestral", "ddim"]
-Method = Literal["standard", "self-guided", "boost-and-skip", "minority-classifier"]
-METHODS = ("standard", "self-guided", "boost-and-skip", "minority-classifier")
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """How to sample: the method, sampler, steps, guidance (None = no self-guidance), batching.
-
-    Methods: "self-guided" (this product: `guidance`), "standard" (plain sampling), and the
-    baselines "boost-and-skip" (γ-boosted start, first `skip` steps skipped) and
-    "minority-classifier" (classifier guidance toward the top minority level, ICLR 2024).
-    """
-
-    method: Method = "self-guided"
-    sampler: Sampler = "ancestral"
-    steps: int = 250
-    eta: float = 0.0
-    guidance: MinorityGuidance | None = None
-    batch_size: int = 256
-    # class-conditional models: sample k of a run gets class_labels[k mod len]; None draws uniformly
-    class_labels: tuple[int, ...] | None = None
-    gamma: float = 4.0  # boost-and-skip: initial-noise std multiplier (the authors' code)
-    skip: int = 3  # boost-and-skip: first grid steps skipped
-    classifier: str | None = None  # minority-classifier: folder of a trained level classifier
-    classifier_scale: float = 3.5  # minority-classifier: classifier-guidance scale
-    # text-to-image (latent:) models only: sample k of a run gets prompts[k mod len(prompts)]
-    prompts: tuple[str, ...] | None = None
-    cfg_scale: float = 7.5  # classifier-free guidance scale (1 = conditional only)
-    negative_prompt: str = ""  # the unconditional branch of CFG
-
-    def __post_init__(self) -> None:
-        if self.class_labels is not None:
-            labels = (self.class_labels,) if isinstance(self.class_labels, int) else tuple(self.class_labels)
-            if not labels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in labels):
-                raise InputError(f"class_labels must be a non-empty list of class indices ≥ 0, got {self.class_labels!r}")
-            object.__setattr__(self, "class_labels", labels)
-        if self.prompts is not None:
-            prompts = (self.prompts,) if isinstance(self.prompts, str) else tuple(self.prompts)
-            if not prompts or not all(isinstance(p, str) for p in prompts):
-                raise InputError("prompts must be a non-empty list of strings (one per line in a prompts file)")
-            object.__setattr__(self, "prompts", prompts)
-        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)) or not math.isfinite(self.cfg_scale) or self.cfg_scale < 0:
-            raise InputError(f"cfg_scale must be a finite number ≥ 0, got {self.cfg_scale!r}")
-        if not isinstance(self.negative_prompt, str):
-            raise InputError(f"negative_prompt must be a string, got {self.negative_prompt!r}")
-        if self.method not in METHODS:
-            raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.method != "self-guided" and self.guidance is not None:
-            raise InputError(f"method {self.method!r} takes no self-guidance settings; use method 'self-guided'")
-        if self.method in ("boost-and-skip", "minority-classifier") and self.sampler != "ancestral":
-            raise InputError(f"method {self.method!r} runs on the ancestral sampler only, not {self.sampler!r}")
-        if self.method == "minority-classifier" and not self.classifier:
-            raise InputError("method 'minority-classifier' needs a trained level classifier: pass --classifier DIR (see `train_minority_classifier`)")
-        if self.sampler not in ("ancestral", "ddim"):
-            raise InputError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
-        if not isinstance(self.steps, int) or self.steps < 2:
-            raise InputError(f"steps must be an integer ≥ 2, got {self.steps!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InputError(f"batch_size must be an integer ≥ 1, got {self.batch_size!r}")
-        if not 0.0 <= float(self.eta) <= 1.0:
-            raise InputError(f"eta must be in [0, 1], got {self.eta!r}")
-
-    def to_dict(self) -> dict:
-        """JSON-ready; the text fields appear only when there are prompts, so the identity (and
-        hash) of a run of a pixel model does not carry them."""
-        data = asdict(self)
-        data["guidance"] = None if self.guidance is None else self.guidance.to_dict()
-        if self.prompts is None:
-            for key in ("prompts", "cfg_scale", "negative_prompt"):
-                data.pop(key)
-        else:
-            data["prompts"] = list(self.prompts)
-        if self.class_labels is None:
-            data.pop("class_labels")
-        else:
-            data["class_labels"] = list(self.class_labels)
-        return data
+from minority_core.errors import InputError
+from minority_core.models import LoadedModel
 
 
 def shard_seed(run_seed: int, shard_index: int) -> int:

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from minority_core.runs.generate import SamplerConfig, check_class_labels, generate, sample_prompts
-from minority_core.io.images import to_uint8_nhwc
+from minority_core.config.sampler import SamplerConfig
 from minority_core.demo.labeling import label_samples
-from minority_core.models import load_model
 from minority_core.io import ShardRecord, ShardStore, features_table, sample_id, samples_table
+from minority_core.io.images import to_uint8_nhwc
+from minority_core.models import load_model
+from minority_core.runs.generate import check_class_labels, generate, sample_prompts
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,11 @@ class ShardWorker:
         self.init_error: Exception | None = None
         try:
             self._start(*self._arguments)
-        except Exception as exc:  # noqa: BLE001 - re-raised by ping() and generate_shard()
+        except Exception as exc:
             self.init_error = exc
 
     def _start(self, model_spec, sampler_config, store_url, storage_options, device, extractor, model_options, arm) -> None:
-        from minority_core.diffusion.guidance import MinorityGuidance
+        from minority_core.config.guidance import MinorityGuidance
 
         guidance = sampler_config.get("guidance")
         self.config = SamplerConfig(**{**sampler_config, "guidance": MinorityGuidance(**guidance) if guidance else None})
