@@ -1,0 +1,67 @@
+"""What a report is made of: the arms callers pass in, the arms after validation, the built report,
+and the metric names and file layout every other module of the package shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+METRICS = ("avgknn", "lof", "rarity")
+METRIC_LABELS = {"avgknn": "AvgkNN", "lof": "LOF", "rarity": "Rarity"}
+DEFAULT_DESCRIPTIONS = {
+    "avgknn": "mean distance to the k nearest reference features; higher = rarer",
+    "lof": "local outlier factor against the reference set; about 1 = inlier, higher = more outlying",
+    "rarity": "radius of the smallest reference k-NN ball containing the sample; higher = rarer; "
+    "undefined for samples in no ball (out of support)",
+}
+REPORT_DIR = "report"
+INDEX_NAME = "index.html"
+
+
+@dataclass
+class ArmResult:
+    """One sampling arm: per-sample scores (aligned arrays), summary numbers, optional images."""
+
+    name: str
+    scores: dict[str, np.ndarray]
+    summary: dict[str, float | None]
+    images: np.ndarray | None = None
+    sample_ids: list[str] | None = None
+    prompts: list[str] | None = None  # text-to-image runs: each sample's prompt (a per-prompt table follows)
+
+
+@dataclass
+class Report:
+    """A built report: the page, its plots, and the table/markdown for Prefect artifacts.
+
+    `by_prompt` maps an arm with prompts to its per-prompt rows (see `rows.prompt_rows`)."""
+
+    html: str
+    pngs: dict[str, bytes]
+    table: list[dict]
+    markdown: str
+    by_prompt: dict[str, list[dict]]
+
+
+@dataclass
+class CheckedArm:
+    """An arm after validation: float score arrays, the in-support mask, NHWC/NHW uint8 images."""
+
+    name: str
+    n: int | None
+    scores: dict[str, np.ndarray]
+    summary: dict[str, Any]
+    supported: np.ndarray | None  # True where Rarity is defined; None when neither rarity nor in_support given
+    images: np.ndarray | None
+    sample_ids: list[str] | None
+    prompts: list[str] | None = None
+
+
+def in_support_rarity(arm: CheckedArm) -> np.ndarray | None:
+    """Rarity of in-support samples only: out-of-support rows are reported, never averaged."""
+    rarity = arm.scores.get("rarity")
+    if rarity is None:
+        return None
+    return rarity[arm.supported] if arm.supported is not None else rarity

@@ -1,0 +1,96 @@
+"""All input checks of `build_report`, up front, so a bad call fails with one line before any plotting."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from minority_core.errors import InputError
+from minority_core.report.model import ArmResult, CheckedArm
+
+
+def validate(arms: Any, title: Any, notes: Any, descriptions: Any) -> list[CheckedArm]:
+    """The arms checked and normalised; an InputError naming what is wrong otherwise."""
+    if not isinstance(arms, Sequence) or isinstance(arms, str) or len(arms) == 0:
+        raise InputError("build_report needs a non-empty list of ArmResult")
+    checked = [_validate_arm(arm) for arm in arms]
+    names = [arm.name for arm in checked]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise InputError(f"arm names must be unique; repeated: {', '.join(map(repr, duplicates))}")
+    if not isinstance(title, str):
+        raise InputError(f"title must be a string, got {type(title).__name__}")
+    if notes is not None and (isinstance(notes, str) or not all(isinstance(x, str) for x in notes)):
+        raise InputError("notes must be a list of strings")
+    if descriptions is not None and not isinstance(descriptions, dict):
+        raise InputError("metric_descriptions must be a dict of metric name to text")
+    return checked
+
+
+def _validate_arm(arm: Any) -> CheckedArm:
+    """One arm's checks; every message is one line naming the arm."""
+    if not isinstance(arm, ArmResult):
+        raise InputError(f"arms must be ArmResult instances, got {type(arm).__name__}")
+    if not isinstance(arm.name, str) or not arm.name.strip():
+        raise InputError(f"arm names must be non-empty strings, got {arm.name!r}")
+    scores, n = _check_scores(arm.name, arm.scores)
+    if arm.summary is not None and not isinstance(arm.summary, dict):
+        raise InputError(f"arm {arm.name!r}: summary must be a dict, got {type(arm.summary).__name__}")
+    images = _check_images(arm.name, arm.images, n)
+    ids = None if arm.sample_ids is None else [str(s) for s in arm.sample_ids]
+    if ids is not None and n is not None and len(ids) != n:
+        raise InputError(f"arm {arm.name!r}: {len(ids)} sample_ids but {n} score rows")
+    prompts = None
+    if arm.prompts is not None:
+        if isinstance(arm.prompts, str) or not all(isinstance(p, str) for p in arm.prompts):
+            raise InputError(f"arm {arm.name!r}: prompts must be a list of strings, one per sample")
+        prompts = list(arm.prompts)
+        if n is not None and len(prompts) != n:
+            raise InputError(f"arm {arm.name!r}: {len(prompts)} prompts but {n} score rows")
+    return CheckedArm(arm.name, n, scores, dict(arm.summary or {}), _supported_mask(scores), images, ids, prompts)
+
+
+def _check_scores(name: str, scores: Any) -> tuple[dict[str, np.ndarray], int | None]:
+    """1-D arrays of one common length; the length (None if no scores)."""
+    if not isinstance(scores, dict):
+        raise InputError(f"arm {name!r}: scores must be a dict of arrays, got {type(scores).__name__}")
+    arrays: dict[str, np.ndarray] = {}
+    for key, values in scores.items():
+        array = np.asarray(values)
+        if array.ndim != 1:
+            raise InputError(f"arm {name!r}: score {key!r} must be 1-D, got shape {array.shape}")
+        if key != "in_support" and not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
+            raise InputError(f"arm {name!r}: score {key!r} must be numeric, got {array.dtype}")
+        arrays[str(key)] = array
+    lengths = {key: len(a) for key, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"arm {name!r}: score arrays differ in length: {lengths}")
+    n = next(iter(lengths.values())) if lengths else None
+    return {k: (a.astype(bool) if k == "in_support" else a.astype(np.float64)) for k, a in arrays.items()}, n
+
+
+def _check_images(name: str, images: Any, n: int | None) -> np.ndarray | None:
+    """uint8 NHW / NHWC with 1, 3 or 4 channels, one image per score row."""
+    if images is None:
+        return None
+    array = np.asarray(images)
+    if array.dtype != np.uint8:
+        raise InputError(f"arm {name!r}: images must be uint8, got {array.dtype}")
+    if array.ndim == 4 and array.shape[-1] in (1, 3, 4):
+        array = array[..., 0] if array.shape[-1] == 1 else array[..., :3]
+    elif array.ndim != 3:
+        raise InputError(f"arm {name!r}: images must be NHW or NHWC with 1, 3 or 4 channels, got shape {array.shape}")
+    if n is not None and len(array) != n:
+        raise InputError(f"arm {name!r}: {len(array)} images but {n} score rows; images must be aligned with scores")
+    return array
+
+
+def _supported_mask(scores: dict[str, np.ndarray]) -> np.ndarray | None:
+    """In support = flagged in_support (if given) and a finite Rarity (if given)."""
+    mask = scores.get("in_support")
+    if "rarity" in scores:
+        finite = np.isfinite(scores["rarity"])
+        mask = finite if mask is None else (mask & finite)
+    return mask
