@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import minority_core.io as shards
+import minority_core.io.atomic as atomic
 from minority_core.io import (
     FEATURES_SCHEMA,
     SAMPLES_SCHEMA,
@@ -244,11 +244,11 @@ def test_failed_rename_leaves_nothing(tmp_path, monkeypatch):
     store = ShardStore(str(tmp_path), **FAST)
     calls = []
 
-    def broken_mv(*args, **kwargs):
+    def broken_replace(*args, **kwargs):
         calls.append(args)
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(store.fs, "mv", broken_mv)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)  # the rename that publishes the temporary
     with pytest.raises(StorageError) as err:
         store.write_shard("samples", 1, samples_table(images(2), 1, 0))
     assert "samples/shard-00001.parquet" in one_line(err) and "gave up after 2 attempts" in str(err.value)
@@ -264,7 +264,7 @@ def test_failure_after_partial_write_leaves_nothing(tmp_path, monkeypatch):
     def broken_fsync(fd):  # the temporary already holds the bytes when this fails
         raise PermissionError("fsync refused")
 
-    monkeypatch.setattr(shards.os, "fsync", broken_fsync)
+    monkeypatch.setattr(atomic.os, "fsync", broken_fsync)
     with pytest.raises(StorageError) as err:
         store.write_shard("samples", 0, samples_table(images(4), 0, 0))
     assert "shard-00000.parquet" in one_line(err)
@@ -450,7 +450,11 @@ def test_check_writable_read_only_dir(tmp_path):
 
 def test_check_writable_permission_denied_is_one_line(tmp_path, monkeypatch):
     store = ShardStore(str(tmp_path / "out"), **FAST)
-    monkeypatch.setattr(store.fs, "open", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(atomic, "open", denied, raising=False)  # shadows the builtin the writer opens its temporary with
     with pytest.raises(StorageError) as err:
         store.check_writable()
     msg = one_line(err)

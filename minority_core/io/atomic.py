@@ -87,7 +87,9 @@ def _write_file(name: str, data: bytes | Writer) -> dict[str, Any]:
 
 
 def _unlink_quietly(name: str) -> None:
+    """Remove a temporary if it is there; never raise, so the error that made us clean up (say a
+    read-only or full file system, where even unlinking a missing name fails) is the one reported."""
     try:
         os.unlink(name)
-    except FileNotFoundError:
+    except OSError:
         pass

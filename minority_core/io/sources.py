@@ -5,14 +5,12 @@ Returned as uint8 NHWC, the layout feature extractors and shards share.
 
 from __future__ import annotations
 
-import io
-
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
 from minority_core.errors import InputError, MissingFileError
+from minority_core.io.images import decode_png, to_uint8_nhwc
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -22,7 +20,6 @@ def load_reference_images(source: str, storage_options: dict | None = None, limi
     a Parquet file/folder with an `image` column ({bytes, path} as Hugging Face datasets writes it)."""
     if source == "bundled:digits":
         from minority_core.demo.digits import split_digits
-        from minority_core.io.images import to_uint8_nhwc
 
         images = to_uint8_nhwc(split_digits().train_images)
         return images[:limit] if limit else images
@@ -58,12 +55,9 @@ def _decode(data: bytes | None, where: str) -> np.ndarray:
     if not data:
         raise InputError(f"{where}: an image cell has no bytes")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        return decode_png(data)
     except Exception as exc:
         raise InputError(f"{where}: not a decodable image ({type(exc).__name__})") from None
-    array = np.asarray(image.convert("L") if image.mode in ("L", "1", "I;16") else image.convert("RGB"))
-    return array[..., None] if array.ndim == 2 else array
 
 
 def _stack(images: list[np.ndarray], source: str) -> np.ndarray:
