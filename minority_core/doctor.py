@@ -75,17 +75,11 @@ def _lpips_checks() -> list[Check]:
 
 
 def _inception_check() -> Check:
-    """Asks features.inception_weights_path itself, so the doctor and FID agree on the place."""
-    import torch
+    """Asks the extractor registry, so the doctor and FID look for the weights in the same place."""
+    from minority_core.metrics.features import available_extractors
 
-    from minority_core.metrics.features import INCEPTION_WEIGHTS_ENV, INCEPTION_WEIGHTS_FILE, inception_weights_path
-
-    unlocks = "FID/sFID with --extractor inception-pool3"
-    try:
-        return Check("Inception-V3 (FID)", str(inception_weights_path()), True, unlocks)
-    except FileNotFoundError:
-        where = os.environ.get(INCEPTION_WEIGHTS_ENV) or Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
-        return Check("Inception-V3 (FID)", str(where), False, unlocks)
+    pool3 = next(info for info in available_extractors() if info.name == "inception-pool3")
+    return Check("Inception-V3 (FID)", str(pool3.weights), pool3.weights_present, "FID/sFID with --extractor inception-pool3")
 
 
 def _adm_checks() -> list[Check]:

@@ -14,15 +14,17 @@ from torch import nn
 from minority_core.demo.classifier import DigitClassifier
 from minority_core.metrics import features as fx
 from minority_core.metrics.features import (
-    EXTRACTORS,
     INCEPTION_WEIGHTS_FILE,
     DemoClassifierFeatures,
     FeatureExtractor,
     InceptionV3,
     RawPixels,
+    available_extractors,
     get_extractor,
+    register_extractor,
     resize_bilinear_tf1,
 )
+from minority_core.metrics.features import registry as registry_module
 from minority_core.models import BUNDLED_DIR
 
 # ---------------------------------------------------------------- data
@@ -145,11 +147,40 @@ def test_classifier_rejects_wrong_image_size(classifier_path):
 
 
 def test_registry_names_and_unknown_name():
-    assert EXTRACTORS == ("pixels", "demo-classifier", "inception-pool3", "inception-spatial")
-    assert all(name.replace("-", "").isalnum() and name == name.lower() for name in EXTRACTORS)
+    names = tuple(info.name for info in available_extractors())
+    assert names == ("pixels", "demo-classifier", "inception-pool3", "inception-spatial")
+    assert all(name.replace("-", "").isalnum() and name == name.lower() for name in names)
     assert get_extractor("pixels", batch_size=5).batch_size == 5
     with pytest.raises(ValueError, match="valid names are pixels, demo-classifier"):
         get_extractor("inception")
+
+
+def test_available_extractors_report_weights_offline(tmp_path, monkeypatch):
+    monkeypatch.delenv(fx.INCEPTION_WEIGHTS_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    infos = {info.name: info for info in available_extractors()}
+    assert all(info.description and "\n" not in info.description for info in infos.values())
+    assert (infos["pixels"].weights, infos["pixels"].weights_present) == (None, True)
+    assert (infos["demo-classifier"].weights, infos["demo-classifier"].weights_present) == (None, True)
+    hub_file = tmp_path / "hub" / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    for name in ("inception-pool3", "inception-spatial"):
+        assert (infos[name].weights, infos[name].weights_present) == (hub_file, False)
+    hub_file.parent.mkdir(parents=True)
+    hub_file.write_bytes(b"x")
+    assert all(info.weights_present for info in available_extractors())
+
+
+def test_register_extractor(monkeypatch):
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    register_extractor("pixels-8", lambda device, **kw: RawPixels(device, shape=(1, 8, 8), **kw), description="8x8 pixels")
+    assert get_extractor("pixels-8", batch_size=3).dim == 64
+    assert available_extractors()[-1].name == "pixels-8"
+    with pytest.raises(ValueError, match="already registered"):
+        register_extractor("pixels", RawPixels, description="again")
+    with pytest.raises(ValueError, match="lowercase"):
+        register_extractor("Pixels_2", RawPixels, description="bad name")
+    with pytest.raises(ValueError, match="one-line description"):
+        register_extractor("pixels-2", RawPixels, description="two\nlines")
 
 
 # ---------------------------------------------------------------- TF1 bilinear resize

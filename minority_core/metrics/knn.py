@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import os
 
-from minority_core.errors import InputError
-
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FAISS's OpenMP spins 2-4x slower otherwise
 
 import math
@@ -31,6 +29,8 @@ from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
+
+from minority_core.errors import InputError
 
 KINDS = ("auto", "exact", "ivf", "hnsw")
 DEVICES = ("auto", "cpu", "gpu")

@@ -1,23 +1,16 @@
-"""Feature extractors behind one interface (DESIGN.md §5): raw pixels, the bundled demo digit
-classifier, and Inception-V3 (pool3 for FID, mixed_6/conv for sFID).
+"""Inception-V3 as FID's and sFID's feature extractor: the network, its weights, its extractors.
 
-Every extractor takes either uint8 NHWC images (as stored in Parquet shards) or float NCHW in
-[−1, 1] (as sampled), numpy or torch, and returns float32 [N, dim]. Float input is first
-quantised to uint8 exactly as `minority_core.io.images.to_uint8_nhwc` stores samples (round half
-up), so a sample scored straight from the sampler gets the same features as its stored PNG.
-
-The Inception network is our own code, laid out so that torch-fidelity's converted TF weights
+The network is our own code, laid out so that torch-fidelity's converted TF weights
 (`weights-inception-2015-12-05-6726825d.pth`) load by name with strict matching; its
 preprocessing (uint8 → TF1 bilinear resize to 299 → (x − 128) / 128) is the one the TF graph
-used by the FID / sFID reference implementations runs.
+used by the FID / sFID reference implementations runs. The weights are never downloaded: they
+are looked for in one place (`inception_weights_location`), which the doctor reports too.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -25,24 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minority_core.errors import InputError, MissingFileError
-
-__all__ = [
-    "EXTRACTORS",
-    "INCEPTION_WEIGHTS_FILE",
-    "INCEPTION_WEIGHTS_URL",
-    "INCEPTION_WEIGHTS_ENV",
-    "FeatureExtractor",
-    "RawPixels",
-    "DemoClassifierFeatures",
-    "InceptionV3",
-    "InceptionV3Features",
-    "InceptionSpatialFeatures",
-    "get_extractor",
-    "check_images",
-    "quantize",
-    "inception_weights_path",
-    "resize_bilinear_tf1",
-]
+from minority_core.metrics.features.base import BatchedExtractor, Images, to_uint8_nchw
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS_FILE}"
@@ -51,220 +27,6 @@ INCEPTION_SIZE = 299
 POOL3_DIM = 2048
 SPATIAL_CHANNELS = 7  # guided-diffusion evaluator: spatial[..., :7]
 SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17  # 2023
-FLOAT_RANGE_LIMIT = 2.0  # float input beyond ±2 is not [−1, 1] data (likely 0–255 or 0–1 confusion)
-
-Images = np.ndarray | torch.Tensor
-
-
-@runtime_checkable
-class FeatureExtractor(Protocol):
-    """What scoring needs: a storage name, a feature width, and images → float32 [N, dim]."""
-
-    name: str  # used in storage paths: features/<name>/..., lowercase [a-z0-9-]
-    dim: int
-
-    def __call__(self, images: Images) -> np.ndarray: ...
-
-
-# --------------------------------------------------------------------------- input handling
-
-
-def check_images(images: Images) -> Images:
-    """Validate a batch (uint8 NHWC or float NCHW, C in (1, 3), finite); one-line ValueErrors."""
-    if not isinstance(images, (np.ndarray, torch.Tensor)):
-        raise InputError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
-    shape = tuple(images.shape)
-    if len(shape) != 4:
-        raise InputError(f"images must be 4-D (uint8 NHWC or float NCHW), got shape {shape}")
-    if _is_uint8(images):
-        if shape[3] not in (1, 3):
-            raise InputError(f"uint8 images must be NHWC with C in (1, 3), got shape {shape}")
-        return images
-    if not _is_float(images):
-        raise InputError(f"images must be uint8 (NHWC) or floating point (NCHW in [-1, 1]), got dtype {images.dtype}")
-    if shape[1] not in (1, 3):
-        raise InputError(f"float images must be NCHW with C in (1, 3), got shape {shape}")
-    _check_float_values(images)
-    return images
-
-
-def _is_uint8(images: Images) -> bool:
-    return images.dtype == (torch.uint8 if isinstance(images, torch.Tensor) else np.uint8)
-
-
-def _is_float(images: Images) -> bool:
-    if isinstance(images, torch.Tensor):
-        return images.is_floating_point()
-    return np.issubdtype(images.dtype, np.floating)
-
-
-def _check_float_values(images: Images) -> None:
-    """Reject NaN/inf and values far outside [−1, 1] before they become silent garbage features."""
-    if images.shape[0] == 0:
-        return
-    if isinstance(images, torch.Tensor):
-        t = images.detach()
-        finite, low, high = bool(torch.isfinite(t).all()), float(t.min()), float(t.max())
-    else:
-        finite, low, high = bool(np.isfinite(images).all()), float(images.min()), float(images.max())
-    if not finite:
-        raise InputError("images contain NaN or inf")
-    if low < -FLOAT_RANGE_LIMIT or high > FLOAT_RANGE_LIMIT:
-        raise InputError(
-            f"float images must be in [-1, 1], got values in [{low:.3g}, {high:.3g}]: pass 0-255 images as uint8 NHWC"
-        )
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Float NCHW in [−1, 1] → uint8 NCHW, rounding half up like the shard writer (images.py)."""
-    scaled = (images.to(torch.float32) + 1.0) * 127.5 + 0.5
-    return scaled.clamp_(0, 255).to(torch.uint8)
-
-
-def _tensor(batch: Images) -> torch.Tensor:
-    """A detached tensor view of a batch; read-only numpy (e.g. decoded shards) is copied."""
-    if isinstance(batch, torch.Tensor):
-        return batch.detach()
-    batch = np.ascontiguousarray(batch)
-    return torch.from_numpy(batch if batch.flags.writeable else batch.copy())
-
-
-def _to_uint8_nchw(batch: Images, device: torch.device) -> torch.Tensor:
-    """One validated batch, either format, → uint8 NCHW on `device` (the quantisation step)."""
-    t = _tensor(batch)
-    if t.dtype == torch.uint8:
-        return t.to(device).permute(0, 3, 1, 2).contiguous()
-    return quantize(t.to(device))
-
-
-def _to_float(batch: Images, device: torch.device, quantized: bool) -> torch.Tensor:
-    """One validated batch → float32 NCHW in [−1, 1] on `device` (quantised first if asked)."""
-    t = _tensor(batch)
-    if quantized or t.dtype == torch.uint8:
-        return _to_uint8_nchw(t, device).to(torch.float32) / 127.5 - 1.0
-    return t.to(device=device, dtype=torch.float32).clamp(-1.0, 1.0)
-
-
-def _chw(images: Images) -> tuple[int, int, int]:
-    """(C, H, W) of a validated batch, whichever layout it is in."""
-    n, a, b, c = images.shape
-    return (c, a, b) if _is_uint8(images) else (a, b, c)
-
-
-# --------------------------------------------------------------------------- shared batching
-
-
-class _BatchedExtractor:
-    """Batching, no_grad and numpy output shared by all extractors; subclasses give `_forward`."""
-
-    name: str
-    dim: int
-
-    def __init__(self, device: torch.device | str = "cpu", batch_size: int = 256) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-
-    def __call__(self, images: Images) -> np.ndarray:
-        """float32 [N, dim] features of a batch in either input format."""
-        return self._run(images)[0]
-
-    def __repr__(self) -> str:
-        dim = getattr(self, "dim", "?")
-        return f"{type(self).__name__}(name={self.name!r}, dim={dim}, device={str(self.device)!r}, batch_size={self.batch_size})"
-
-    def _output_dims(self) -> tuple[int, ...]:
-        return (self.dim,)
-
-    def _check(self, images: Images) -> None:
-        """Extractor-specific checks (image size, channels) after the generic ones."""
-
-    def _forward(self, batch: Images) -> tuple[torch.Tensor, ...]:
-        raise NotImplementedError
-
-    def _run(self, images: Images) -> list[np.ndarray]:
-        """Validate once, then run `_forward` batch by batch; one array per forward output."""
-        images = check_images(images)
-        self._check(images)
-        if images.shape[0] == 0:
-            return [np.zeros((0, d), dtype=np.float32) for d in self._output_dims()]
-        chunks: list[list[np.ndarray]] = []
-        with torch.no_grad():
-            for start in range(0, images.shape[0], self.batch_size):
-                outputs = self._forward(images[start : start + self.batch_size])
-                chunks.append([o.detach().to("cpu", torch.float32).numpy() for o in outputs])
-        return [np.ascontiguousarray(np.concatenate(parts)) for parts in zip(*chunks)]
-
-
-# --------------------------------------------------------------------------- raw pixels
-
-
-class RawPixels(_BatchedExtractor):
-    """Flattened pixels in [−1, 1] (CHW order): the metric-free baseline feature space."""
-
-    name = "pixels"
-
-    def __init__(self, device: torch.device | str = "cpu", batch_size: int = 1024,
-                 shape: tuple[int, int, int] | None = None, quantized: bool = True) -> None:
-        """`shape` (C, H, W) fixes `dim` up front; without it the first batch fixes it."""
-        super().__init__(device, batch_size)
-        self.shape = tuple(int(s) for s in shape) if shape is not None else None
-        self.quantized = quantized
-
-    @property
-    def dim(self) -> int:  # type: ignore[override]
-        """C·H·W; AttributeError (what hasattr expects) while the shape is still unknown."""
-        if self.shape is None:
-            raise AttributeError("pixels' dim is unknown until a batch is seen: pass shape=(C, H, W)")
-        return math.prod(self.shape)
-
-    def _check(self, images: Images) -> None:
-        chw = _chw(images)
-        if self.shape is None:
-            self.shape = chw
-        elif chw != self.shape:
-            raise InputError(f"pixels extractor was fixed to C×H×W {self.shape}, got images of {chw}")
-
-    def _forward(self, batch: Images) -> tuple[torch.Tensor, ...]:
-        return (_to_float(batch, self.device, self.quantized).flatten(1),)
-
-
-# --------------------------------------------------------------------------- demo classifier
-
-
-class DemoClassifierFeatures(_BatchedExtractor):
-    """Penultimate layer (64-d) of the bundled 8×8 digit classifier: the demo's feature space."""
-
-    name = "demo-classifier"
-    dim = 64
-    image_shape = (1, 8, 8)
-
-    def __init__(self, device: torch.device | str = "cpu", batch_size: int = 512,
-                 path: str | Path | None = None, quantized: bool = True) -> None:
-        """`path` overrides the bundled weights (safetensors), e.g. while they are retrained."""
-        super().__init__(device, batch_size)
-        from minority_core.models import load_digit_classifier
-
-        self.model = load_digit_classifier(self.device, path=Path(path) if path is not None else None)
-        self.model.requires_grad_(False)
-        self.quantized = quantized
-
-    def predict(self, images: Images) -> tuple[np.ndarray, np.ndarray]:
-        """(labels int64 [N], confidence float32 [N] = max softmax) for labelling demo samples."""
-        _, probs = self._run(images)
-        return probs.argmax(axis=1).astype(np.int64), probs.max(axis=1).astype(np.float32)
-
-    def _output_dims(self) -> tuple[int, ...]:
-        return (self.dim, self.model.head.out_features)
-
-    def _check(self, images: Images) -> None:
-        if _chw(images) != self.image_shape:
-            raise InputError(f"demo-classifier needs 1×8×8 images, got C×H×W {_chw(images)}")
-
-    def _forward(self, batch: Images) -> tuple[torch.Tensor, ...]:
-        feats = self.model.features(_to_float(batch, self.device, self.quantized))
-        return feats, torch.softmax(self.model.head(feats), dim=1)
 
 
 # --------------------------------------------------------------------------- TF1 bilinear resize
@@ -485,25 +247,36 @@ class InceptionV3(nn.Module):
         return x.flatten(1), spatial
 
 
-# --------------------------------------------------------------------------- Inception extractors
+# --------------------------------------------------------------------------- weights
+
+
+def inception_weights_location(path: str | Path | None = None) -> Path:
+    """Where the weights are looked for (the file may be absent): `path`, else
+    $MINORITY_INCEPTION_WEIGHTS, else the torch hub cache ($TORCH_HOME/hub/checkpoints, where
+    torch-fidelity itself downloads them)."""
+    return _locate(path)[0]
 
 
 def inception_weights_path(path: str | Path | None = None) -> Path:
-    """Where the weights are: `path`, else $MINORITY_INCEPTION_WEIGHTS, else the torch hub cache
-    ($TORCH_HOME/hub/checkpoints, where torch-fidelity itself downloads them)."""
-    if path is not None:
-        where, source = Path(path), "path argument"
-    elif os.environ.get(INCEPTION_WEIGHTS_ENV):
-        where, source = Path(os.environ[INCEPTION_WEIGHTS_ENV]), f"${INCEPTION_WEIGHTS_ENV}"
-    else:
-        where, source = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE, "torch hub cache"
-    where = where.expanduser()
+    """The weights file `inception_weights_location` names, or a one-line error saying how to get it."""
+    where, source = _locate(path)
     if not where.is_file():
         raise MissingFileError(
             f"Inception weights {INCEPTION_WEIGHTS_FILE} not found at {where} ({source}): download {INCEPTION_WEIGHTS_URL} "
             f"to $TORCH_HOME/hub/checkpoints/ or point ${INCEPTION_WEIGHTS_ENV} at it"
         )
     return where
+
+
+def _locate(path: str | Path | None) -> tuple[Path, str]:
+    """(where, which setting chose it) in lookup order."""
+    if path is not None:
+        where, source = Path(path), "path argument"
+    elif os.environ.get(INCEPTION_WEIGHTS_ENV):
+        where, source = Path(os.environ[INCEPTION_WEIGHTS_ENV]), f"${INCEPTION_WEIGHTS_ENV}"
+    else:
+        where, source = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE, "torch hub cache"
+    return where.expanduser(), source
 
 
 def load_inception(path: str | Path | None = None, device: torch.device | str = "cpu") -> InceptionV3:
@@ -539,7 +312,10 @@ def _key_mismatch(net: nn.Module, state: dict) -> tuple[list[str], list[str]]:
     return missing, sorted(given - expected)
 
 
-class InceptionV3Features(_BatchedExtractor):
+# --------------------------------------------------------------------------- extractors
+
+
+class InceptionV3Features(BatchedExtractor):
     """Inception-V3 pool3 (2048-d): the FID feature space. `extract_all` also gives sFID's."""
 
     name = "inception-pool3"
@@ -560,7 +336,7 @@ class InceptionV3Features(_BatchedExtractor):
         return (POOL3_DIM, SPATIAL_DIM)
 
     def _forward(self, batch: Images) -> tuple[torch.Tensor, ...]:
-        x = _to_uint8_nchw(batch, self.device)
+        x = to_uint8_nchw(batch, self.device)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)  # grayscale → RGB, as clean-fid does
         return self.network(x)
@@ -574,21 +350,3 @@ class InceptionSpatialFeatures(InceptionV3Features):
 
     def __call__(self, images: Images) -> np.ndarray:
         return self._run(images)[1]
-
-
-# --------------------------------------------------------------------------- registry
-
-_REGISTRY: dict[str, type[_BatchedExtractor]] = {
-    RawPixels.name: RawPixels,
-    DemoClassifierFeatures.name: DemoClassifierFeatures,
-    InceptionV3Features.name: InceptionV3Features,
-    InceptionSpatialFeatures.name: InceptionSpatialFeatures,
-}
-EXTRACTORS: tuple[str, ...] = tuple(_REGISTRY)
-
-
-def get_extractor(name: str, device: torch.device | str = "cpu", **kwargs) -> FeatureExtractor:
-    """Build an extractor by its storage name; kwargs go to its constructor (batch_size, path, …)."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown feature extractor {name!r}: valid names are {', '.join(EXTRACTORS)}")
-    return _REGISTRY[name](device=device, **kwargs)

@@ -1,0 +1,186 @@
+"""A reference set: features with everything per-sample scoring needs precomputed (DESIGN §5).
+
+Per generated sample, against the reference (`ReferenceSet.score`):
+  AvgkNN   mean Euclidean distance to the k_avg nearest references;
+  LOF      Breunig et al. 2000, equal to sklearn `-LocalOutlierFactor(novelty=True).score_samples`;
+  Rarity   min radius over references whose k_rarity-NN ball strictly contains the sample, NaN
+           (and `in_support` False) when no ball does.
+
+Reference-side work (self-kNN, radii, LOF densities) is done once in `ReferenceSet.build` and can
+be saved to any fsspec URL; scoring is one batched kNN query plus an exact range query for the
+few samples whose rarity the kNN answer cannot settle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from minority_core.errors import InputError, MissingFileError
+from minority_core.io.atomic import write_atomic
+from minority_core.metrics.knn import KnnIndex, as_matrix, check_k
+
+REFERENCE_FORMAT = "minority-synth/reference-set"
+REFERENCE_VERSION = 1
+LRD_EPS = 1e-10  # sklearn adds this to the mean reachability distance before inverting
+_DENSITY_ROW_BLOCK = 65536  # rows per block of the reachability-density pass: bounds its float64 temporaries
+_ARRAYS = ("features", "knn_distances", "knn_indices", "lrd")
+
+
+@dataclass
+class ReferenceSet:
+    """Reference features with their precomputed self-kNN, rarity radii and LOF densities.
+
+    `knn_distances` / `knn_indices`: the max(k_lof, k_rarity) nearest neighbours of every
+    reference row, itself excluded (sklearn's convention).  `lrd`: LOF local reachability
+    density of every reference row (float64), computed as sklearn does."""
+
+    index: KnnIndex
+    knn_distances: np.ndarray
+    knn_indices: np.ndarray
+    lrd: np.ndarray
+    k_lof: int
+    k_rarity: int
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.index.vectors
+
+    @property
+    def radii(self) -> np.ndarray:
+        """Rarity radius of every reference row: distance to its k_rarity-th neighbour."""
+        return self.knn_distances[:, self.k_rarity - 1]
+
+    @property
+    def lof_k_distance(self) -> np.ndarray:
+        return self.knn_distances[:, self.k_lof - 1]
+
+    @classmethod
+    def build(
+        cls, features: np.ndarray, k_lof: int = 20, k_rarity: int = 3, index: str = "auto", device: str = "auto"
+    ) -> ReferenceSet:
+        """Index `features` and precompute everything scoring needs (one self-kNN pass)."""
+        vectors = as_matrix(features, "features")
+        n = len(vectors)
+        k_lof = check_k(k_lof, n, "k_lof", exclude_self=True)
+        k_rarity = check_k(k_rarity, n, "k_rarity", exclude_self=True)
+        k_max = max(k_lof, k_rarity)
+        knn = KnnIndex.build(vectors, kind=index, device=device, tune_k=k_max)
+        dist, ids = knn.self_search(k_max)
+        lrd = _reachability_density(dist[:, :k_lof], ids[:, :k_lof], dist[:, k_lof - 1])
+        return cls(knn, dist, ids, lrd, k_lof, k_rarity)
+
+    def score(self, queries: np.ndarray, k_avg: int = 5) -> dict[str, np.ndarray]:
+        """AvgkNN, LOF and Rarity of each query row (float64), and `in_support` (bool)."""
+        q = as_matrix(queries, "queries", self.index.dim)
+        k_avg = check_k(k_avg, self.index.n, "k_avg")
+        dist, ids = self.index.search(q, max(k_avg, self.k_lof, self.k_rarity))
+        rarity = self._rarity(q, dist, ids)
+        return {
+            "avgknn": dist[:, :k_avg].mean(axis=1, dtype=np.float64),
+            "lof": self._lof(dist[:, : self.k_lof], ids[:, : self.k_lof]),
+            "rarity": rarity,
+            "in_support": ~np.isnan(rarity),
+        }
+
+    def _lof(self, dist: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """LOF(q) = mean lrd of q's neighbours / lrd(q): sklearn's `-score_samples` in novelty mode."""
+        lrd_q = _reachability_density(dist, ids, self.lof_k_distance)
+        return self.lrd[ids].mean(axis=1) / lrd_q
+
+    def _rarity(self, q: np.ndarray, dist: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Exact min radius of the balls containing each query, NaN outside every ball.
+
+        A ball of r contains q when d(q, r) < radius_r.  From the K nearest refs we get the best
+        radius so far.  Unexamined refs lie at d >= D_K (the K-th distance), so one can still
+        contain q with a smaller radius only if D_K <= d < radius_r < best, and only if
+        d < max radius.  Queries where best <= D_K or D_K >= max radius are therefore settled;
+        the rest get one range query for refs with d < min(best, max radius), which contains
+        every ref that could improve the answer.  Exact with the exact index."""
+        radii = self.radii.astype(np.float64)
+        contains = dist < radii[ids]
+        best = np.where(contains, radii[ids], np.inf).min(axis=1)
+        max_radius = float(radii.max())
+        kth = dist[:, -1].astype(np.float64)
+        open_rows = np.flatnonzero((best > kth) & (kth < max_radius) & (dist.shape[1] < self.index.n))
+        if len(open_rows):
+            bound = np.minimum(best[open_rows], max_radius)
+            for rows, refs, d in self.index.range_search(q[open_rows], bound):
+                inside = d < radii[refs]
+                np.minimum.at(best, open_rows[rows[inside]], radii[refs[inside]])
+        return np.where(np.isfinite(best), best, np.nan)
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self, url: str, storage_options: dict | None = None) -> None:
+        """Write the set under `url` (any fsspec URL): one .npy per array, `index.faiss` for an
+        approximate index, then `meta.json` (k values, format version, sizes and sha256 of every
+        file) last, so a set is loadable only once complete.  Each file goes through
+        `write_atomic`, so no reader ever sees one half-written."""
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs.makedirs(root, exist_ok=True)
+        arrays = {"features": self.features, "knn_distances": self.knn_distances,
+                  "knn_indices": self.knn_indices, "lrd": self.lrd}
+        files = {}
+        for name, arr in arrays.items():
+            write = lambda f, a=arr: np.save(f, a, allow_pickle=False)  # noqa: E731
+            files[f"{name}.npy"] = write_atomic(fs, f"{root}/{name}.npy", write)
+        if self.index.kind != "exact":
+            files["index.faiss"] = write_atomic(fs, f"{root}/index.faiss", self.index.write_faiss)
+        meta = {
+            "format": REFERENCE_FORMAT,
+            "version": REFERENCE_VERSION,
+            "k_lof": self.k_lof,
+            "k_rarity": self.k_rarity,
+            "rows": self.index.n,
+            "dims": self.index.dim,
+            "index": self.index.config(),
+            "files": files,
+        }
+        write_atomic(fs, f"{root}/meta.json", json.dumps(meta, indent=1).encode())
+
+    @classmethod
+    def load(cls, url: str, storage_options: dict | None = None, device: str = "auto") -> ReferenceSet:
+        """Read a set written by `save`, checking every file against the sizes and hashes in meta.json."""
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        meta_path = f"{root}/meta.json"
+        if not fs.exists(meta_path):
+            raise MissingFileError(f"no reference set at {url} (meta.json missing): build and save one first")
+        meta = json.loads(fs.cat_file(meta_path))
+        if meta.get("format") != REFERENCE_FORMAT or meta.get("version") != REFERENCE_VERSION:
+            raise InputError(
+                f"{url} holds format {meta.get('format')!r} version {meta.get('version')!r}, "
+                f"this code reads {REFERENCE_FORMAT!r} version {REFERENCE_VERSION}: rebuild the reference set"
+            )
+        blobs = {name: _read_checked(fs, f"{root}/{name}", expect, url) for name, expect in meta["files"].items()}
+        arrays = {name: np.load(io.BytesIO(blobs.pop(f"{name}.npy")), allow_pickle=False) for name in _ARRAYS}
+        knn = KnnIndex.restore(arrays["features"], meta["index"], blobs.get("index.faiss"), device)
+        return cls(knn, arrays["knn_distances"], arrays["knn_indices"], arrays["lrd"], meta["k_lof"], meta["k_rarity"])
+
+
+def _reachability_density(dist: np.ndarray, ids: np.ndarray, k_distance: np.ndarray) -> np.ndarray:
+    """lrd = 1 / (mean_b max(k-distance(b), d(a, b)) + 1e-10), in float64, by row blocks."""
+    out = np.empty(len(dist), dtype=np.float64)
+    for start in range(0, len(dist), _DENSITY_ROW_BLOCK):
+        sl = slice(start, start + _DENSITY_ROW_BLOCK)
+        reach = np.maximum(dist[sl].astype(np.float64), k_distance[ids[sl]].astype(np.float64))
+        out[sl] = 1.0 / (reach.mean(axis=1) + LRD_EPS)
+    return out
+
+
+def _read_checked(fs: fsspec.AbstractFileSystem, path: str, expect: dict[str, Any], url: str) -> bytes:
+    """One saved file's bytes, refused unless they match the size and sha256 meta.json recorded."""
+    data = fs.cat_file(path)
+    if len(data) != expect["bytes"] or hashlib.sha256(data).hexdigest() != expect["sha256"]:
+        raise InputError(
+            f"{os.path.basename(path)} in {url} does not match meta.json (changed after saving, or a save "
+            "was interrupted): save the reference set again"
+        )
+    return data
