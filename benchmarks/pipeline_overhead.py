@@ -68,7 +68,7 @@ def parse_args() -> argparse.Namespace:
 def make_config(args, out: str, workers: int, num_samples: int | None = None):
     from minority_core.config import SynthesisConfig
 
-    return SynthesisConfig(
+    return SynthesisConfig.from_options(
         model=args.model, num_samples=num_samples or args.num_samples, shard_size=args.shard_size, out=out,
         steps=args.steps, guidance_scale=args.guidance_scale, extractor=args.extractor, workers=workers, seed=args.seed,
     )
@@ -84,24 +84,25 @@ def plain_loop(config, threads: int) -> dict:
     from minority_core.io.images import to_uint8_nhwc
     from minority_core.metrics.features import get_extractor
     from minority_core.models import load_model
-    from minority_core.runs.generate import generate, shard_seed
+    from minority_core.runs.generate import generate
+    from minority_core.runs.plan import shard_seed
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    loaded = load_model(config.model, "cpu")
-    extractor = get_extractor(config.resolved_extractor(), device="cpu")
-    sampler = config.sampler_config()
-    store = ShardStore(config.out)
+    loaded = load_model(config.model.spec, "cpu")
+    extractor = get_extractor(config.output.extractor, device="cpu")
+    sampler = config.sampler
+    store = ShardStore(config.output.out)
     setup = time.perf_counter() - start
     scale = 0.0 if sampler.guidance is None else sampler.guidance.scale
     records = {}
     start = time.perf_counter()
-    for k in range(-(-config.num_samples // config.shard_size)):
-        rows = min(config.shard_size, config.num_samples - k * config.shard_size)
-        seed = shard_seed(config.seed, k)
+    for k in range(-(-config.output.num_samples // config.output.shard_size)):
+        rows = min(config.output.shard_size, config.output.num_samples - k * config.output.shard_size)
+        seed = shard_seed(config.output.seed, k)
         images, class_labels = generate(loaded, rows, sampler, seed, "cpu")
         labels = class_labels.numpy() if class_labels is not None else label_samples(loaded.spec, images)
-        table = samples_table(to_uint8_nhwc(images), k, seed, labels=labels, guidance=scale, arm=config.arm)
+        table = samples_table(to_uint8_nhwc(images), k, seed, labels=labels, guidance=scale, arm=config.output.arm)
         with torch.no_grad():
             feats = extractor(images)
         ids = [sample_id(k, row) for row in range(rows)]

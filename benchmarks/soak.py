@@ -153,7 +153,7 @@ class Observer:
 
     def install(self) -> None:
         import flows.synthesize as synth
-        from tasks.synthesis import ManifestCommitter
+        from minority_core.runs.commit import ManifestCommitter
 
         make_pool, commit = synth.make_pool, ManifestCommitter.commit
         observer = self
@@ -353,7 +353,7 @@ def verify(store, num_samples: int, shard_size: int, extractor: str, clean: dict
 def make_config(args, out: str, storage_options: dict | None = None):
     from minority_core.config import SynthesisConfig
 
-    return SynthesisConfig(
+    return SynthesisConfig.from_options(
         model=args.model, num_samples=args.num_samples, shard_size=args.shard_size, out=out, steps=args.steps,
         extractor=args.extractor, workers=args.workers, seed=args.seed, storage_options=storage_options or {},
     )

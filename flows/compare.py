@@ -58,13 +58,13 @@ def compare(out: str, dataset: str = "digits", num_samples: int = 512, shard_siz
         train_minority_classifier(classifier, model=model, steps=classifier_steps, seed=seed)
     runs, seconds = [], []
     for method in METHODS:
-        config = SynthesisConfig(
+        config = SynthesisConfig.from_options(
             model=model, num_samples=num_samples, shard_size=shard_size, out=f"{out}/{method}", arm=method, method=method,
             classifier=classifier if method == "minority-classifier" else None, steps=steps, seed=seed, workers=workers,
             extractor=extractor, reference=reference,
         )
         summary = synthesize(config)
-        runs.append(config.out)
+        runs.append(config.output.out)
         seconds.append(None if summary["seconds_per_sample"] is None else summary["seconds_per_sample"] * num_samples)
     result = report(runs, reference, out, title=f"minority-synth compare: {dataset}", seconds=None if None in seconds else seconds)
     return {"report": result["report"], "table": result["table"]}

@@ -13,36 +13,11 @@ from prefect.runtime import flow_run
 
 from flows.scoring import build_reference, score
 from flows.synthesize import synthesize
-from minority_core.config import SynthesisConfig
-from minority_core.config.datasets import DatasetEntry, get_dataset
+from minority_core.config.datasets import get_dataset
 
 
 def _dataset_run_name() -> str:
     return f"{flow_run.parameters.get('dataset', 'dataset')}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
-
-
-def dataset_config(dataset: str, **overrides) -> SynthesisConfig:
-    """The SynthesisConfig a dataset entry describes, with non-None overrides applied."""
-    return entry_config(get_dataset(dataset), **overrides)
-
-
-def entry_config(entry: DatasetEntry, **overrides) -> SynthesisConfig:
-    """`dataset_config` for an entry already loaded (e.g. from a file outside the datasets folder)."""
-    now = dt.datetime.now(dt.UTC)
-    guidance = entry.guidance.model_dump()
-    fields = dict(
-        model=entry.model, preset=entry.preset, extractor=entry.reference.extractor,
-        reference=entry.reference_url, reference_source=entry.reference_source,
-        out=f"{entry.output_url}/{entry.name}-{now:%Y%m%d-%H%M%S}", arm="guided",
-        seed=entry.run.seed if entry.run.seed is not None else int(f"{now:%Y%m%d}"),
-        **{k: v for k, v in entry.run.model_dump().items() if k != "seed"},
-        **guidance,
-        **entry.prompt_fields(),
-    )
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    if fields.get("guidance_scale") == 0:
-        fields["arm"] = "standard"
-    return SynthesisConfig(**fields)
 
 
 @flow(name="synthesize", flow_run_name=_dataset_run_name, retries=1, retry_delay_seconds=30)
@@ -57,7 +32,7 @@ def synthesize_dataset(
     out: str | None = None,
 ) -> dict:
     """Synthesize, score and report one run of a dataset; retried once if it fails (it resumes)."""
-    config = dataset_config(dataset, num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed, workers=workers, out=out)
+    config = get_dataset(dataset).synthesis_config(num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed, workers=workers, out=out)
     return synthesize(config)
 
 

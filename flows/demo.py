@@ -25,7 +25,7 @@ def demo(out: str, num_samples: int = 512, shard_size: int = 128, workers: int =
     ensure_reference(reference, DEMO_EXTRACTOR, "bundled:digits", None)
     summaries = {}
     for arm, scale in (("standard", 0.0), ("guided", guidance_scale)):
-        config = SynthesisConfig(
+        config = SynthesisConfig.from_options(
             model=DEMO_MODEL, num_samples=num_samples, shard_size=shard_size, out=f"{out}/{arm}", arm=arm,
             guidance_scale=scale, steps=steps, seed=seed, workers=workers, extractor=DEMO_EXTRACTOR, reference=reference,
         )

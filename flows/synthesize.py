@@ -12,52 +12,46 @@ import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
-from prefect.futures import as_completed
+from prefect.futures import as_completed, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from minority_core.config import SynthesisConfig
 from tasks.ray_pool import ActorPool, InProcessPool
-from tasks.synthesis import ManifestCommitter, generate_shard, open_store, plan_shards
+from tasks.synthesis import ManifestCommitter, features_kind, generate_shard, open_store, plan_shards, progress_reporter
 
 
 def _run_name() -> str:
     config = flow_run.parameters.get("config") or {}
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-    model = str(get("model", "model")).replace(":", "-").replace("/", "-")[-40:]
-    return f"{get('arm', 'run')}-{model}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    if isinstance(config, SynthesisConfig):
+        config = config.model_dump()
+    model = str((config.get("model") or {}).get("spec", "model")).replace(":", "-").replace("/", "-")[-40:]
+    arm = (config.get("output") or {}).get("arm", "run")
+    return f"{arm}-{model}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
 
 
 def make_pool(config: SynthesisConfig):
-    worker_kwargs = dict(
-        model_spec=config.model,
-        sampler_config=config.sampler_config().to_dict(),
-        store_url=config.out,
-        storage_options=config.full_storage_options(),
-        device=config.device,
-        extractor=config.resolved_extractor(),
-        model_options=config.model_options() or None,
-        arm=config.arm,
-    )
-    if config.workers == 0:
+    worker_kwargs = dict(config=config.model_dump(mode="json"), storage_options=config.full_storage_options())
+    if config.execution.workers == 0:
         return InProcessPool(worker_kwargs)
-    return ActorPool(worker_kwargs, config.workers, config.ray_address)
+    return ActorPool(worker_kwargs, config.execution.workers, config.execution.ray_address)
 
 
 @flow(name="synthesize-run", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
 def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
-    """Generate `config.num_samples` samples as Parquet shards under `config.out`; resumable."""
+    """Generate `config.output.num_samples` samples as Parquet shards under `config.output.out`; resumable."""
     logger = get_run_logger()
     start = time.monotonic()
+    o = config.output
     plan = plan_shards(config)
     store = open_store(config)
-    progress_id = create_progress_artifact(100.0 * (plan.total - len(plan.pending)) / plan.total, key=f"synthesis-progress-{config.arm}", description=f"shards committed of {plan.total}")
-    committer = ManifestCommitter(store, plan.manifest, plan.total, progress_id)
+    progress_id = create_progress_artifact(100.0 * plan.done / plan.total, key=f"synthesis-progress-{o.arm}", description=f"shards committed of {plan.total}")
+    committer = ManifestCommitter(store, plan.manifest, plan.total, progress_reporter(progress_id))
     results = []
     if plan.pending:
         pool = make_pool(config)
-        bar = tqdm(total=plan.total, initial=plan.total - len(plan.pending), desc=f"shards ({config.arm})", unit="shard", disable=not progress)
+        bar = tqdm(total=plan.total, initial=plan.done, desc=f"shards ({o.arm})", unit="shard", disable=not progress)
         in_flight = []
         try:
             queue = list(plan.pending)
@@ -71,24 +65,25 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         except BaseException:
             committer.close()
             pool.shutdown()
-            _discard_uncommitted(store, committer, in_flight, config, logger)
+            wait(in_flight, timeout=120)  # their workers are gone or finishing
+            committer.discard_uncommitted(("samples", features_kind(config)), logger)
             raise
         finally:
             bar.close()
             pool.shutdown()
     report_url = None
-    if config.reference:
+    if o.reference:
         from flows.scoring import ensure_reference, report, score
 
-        ensure_reference(config.reference, config.resolved_extractor(), config.reference_source, config.storage_options, config.device)
-        score(config.out, config.reference, storage_options=config.storage_options)
-        report_url = report([config.out], config.reference, config.out, title=f"minority-synth: {config.arm} ({config.model})", storage_options=config.storage_options)["report"]
+        ensure_reference(o.reference, o.extractor, o.reference_source, o.storage_options, config.execution.device)
+        score(o.out, o.reference, storage_options=o.storage_options)
+        report_url = report([o.out], o.reference, o.out, title=f"minority-synth: {o.arm} ({config.model.spec})", storage_options=o.storage_options)["report"]
     seconds = time.monotonic() - start
     generated = sum(r.samples.rows for r in results)
     summary = {
-        "out": config.out,
-        "arm": config.arm,
-        "model": config.model,
+        "out": o.out,
+        "arm": o.arm,
+        "model": config.model.spec,
         "samples": sum(r.rows for r in plan.manifest.records("samples")),
         "shards": plan.total,
         "generated_shards": len(results),
@@ -98,47 +93,24 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         "manifest": store.url_of("manifest.json"),
         "report": report_url,
     }
-    create_markdown_artifact(_summary_markdown(config, summary), key=f"synthesis-summary-{config.arm}", description="synthesis run summary")
+    create_markdown_artifact(_summary_markdown(config, summary), key=f"synthesis-summary-{o.arm}", description="synthesis run summary")
     logger.info("synthesis done: %s", summary)
     return summary
 
 
-def _discard_uncommitted(store, committer, in_flight, config: SynthesisConfig, logger) -> None:
-    """After a failure: let the shards in flight end (their workers are gone or finishing), then
-    remove the shard files the manifest does not list, so a failed run leaves only committed,
-    verified shards. Best effort: the run's own error is what the caller must see."""
-    from prefect.futures import wait
-
-    from tasks.synthesis import SAMPLES, remove_uncommitted
-
-    try:
-        wait(in_flight, timeout=120)
-        manifest = committer.manifest
-        stored = store.read_manifest()  # a manifest write that raised may still have landed: keep what it lists
-        if stored is not None:
-            for record in stored.shards.values():
-                if record.key not in manifest.shards:
-                    manifest.add(record)
-        removed = remove_uncommitted(store, manifest, (SAMPLES, f"features/{config.resolved_extractor()}"))
-        if removed:
-            logger.warning("run failed: removed %d uncommitted shard file(s): %s", len(removed), ", ".join(removed))
-    except Exception as exc:
-        logger.warning("run failed; uncommitted shard files may remain until the next run (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-
 def _summary_markdown(config: SynthesisConfig, summary: dict) -> str:
-    sampler = config.sampler_config()
+    sampler = config.sampler
     g = sampler.guidance
     guidance = "none (standard sampling)" if g is None else f"w={g.scale}, perturb_ratio={g.perturb_ratio}, every={g.every}, stop_ratio={g.stop_ratio}, {g.scale_type}, {g.distance}"
     return "\n".join([
-        f"# Synthesis run: {config.arm}",
+        f"# Synthesis run: {config.output.arm}",
         "",
         "| field | value |",
         "|---|---|",
-        f"| model | `{config.model}` |",
+        f"| model | `{config.model.spec}` |",
         f"| sampler | {sampler.sampler}, {sampler.steps} steps |",
         f"| guidance | {guidance} |",
         f"| samples | {summary['samples']} in {summary['shards']} shards ({summary['generated_shards']} generated, {summary['skipped_shards']} resumed) |",
-        f"| output | `{config.out}` |",
+        f"| output | `{config.output.out}` |",
         f"| wall time | {summary['seconds']} s |",
     ])

@@ -38,63 +38,80 @@ def friendly_errors(fn):
     return wrapper
 
 
-def sampler_options(fn):
-    """Options shared by `sample` and `synthesize`; None means "the model's preset default"."""
-    options = [
-        click.option("--model", "model_spec", default="bundled:digits", show_default=True, help="bundled:digits, diffusers:PATH_OR_ID, adm:PATH or latent:PATH (a Stable-Diffusion-layout folder)"),
-        click.option("--preset", default=None, help="ADM preset for adm: specs (celeba64, lsun256, imagenet64, imagenet64to256)"),
-        click.option("--upsampler", default=None, help="imagenet64to256: the 64→256 upsampler checkpoint (the --model is the 64 px one)"),
-        click.option("--adm-flag", "adm_flags", multiple=True, help="adm: models: an architecture/diffusion flag, guided-diffusion's name, key=value "
-                     "(e.g. num_channels=256, attention_resolutions=32,16,8, learn_sigma=true); overrides the preset; repeatable"),
-        click.option("--guidance-scale", type=float, default=None, help="w; 0 = standard sampling (no guidance). Default: the model's preset."),
-        click.option("--perturb-ratio", type=float, default=None, help="s = ⌊ratio·steps⌋ for the re-noising (default 0.8)"),
-        click.option("--every", type=int, default=None, help="guide every k-th step (default 5)"),
-        click.option("--stop-ratio", type=float, default=None, help="guide only while t > ratio·steps (default −1: always)"),
-        click.option("--scale-type", type=click.Choice(["var", "fixed"]), default=None, help="scale the gradient by the step variance (var) or not"),
-        click.option("--distance", type=click.Choice(["l2", "lpips"]), default=None, help="minority loss distance"),
-        click.option("--mc-samples", type=int, default=None, help="re-noising draws averaged per guided step (default 1)"),
-        click.option("--steps", type=int, default=None, help="sampling steps on the respaced grid"),
-        click.option("--method", type=click.Choice(["self-guided", "standard", "boost-and-skip", "minority-classifier"]), default="self-guided", show_default=True,
-                     help="self-guided (this product), standard, or a baseline"),
-        click.option("--gamma", type=float, default=None, help="boost-and-skip: initial noise std multiplier (default 4)"),
-        click.option("--skip", type=int, default=None, help="boost-and-skip: first steps skipped (default 3)"),
-        click.option("--classifier", default=None, help="minority-classifier: folder of a trained level classifier"),
-        click.option("--classifier-scale", type=float, default=None, help="minority-classifier: guidance scale"),
-        click.option("--prompt", "prompt", multiple=True, help="latent: models: a text prompt (repeatable; sample k gets prompt k mod count)"),
-        click.option("--prompts-file", type=click.Path(dir_okay=False), default=None, help="latent: models: prompts, one per line (UTF-8; blank lines skipped)"),
-        click.option("--cfg-scale", type=float, default=None, help="latent: models: classifier-free guidance scale (default 7.5)"),
-        click.option("--negative-prompt", default=None, help="latent: models: the unconditional prompt of CFG (default empty)"),
-        click.option("--class-label", "class_labels", type=int, multiple=True, help="class-conditional models: a class index (repeatable; sample k gets label k mod count). Default: uniform"),
-        click.option("--sampler", type=click.Choice(["ancestral", "ddim"]), default="ancestral", show_default=True),
-        click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM η"),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--batch-size", type=int, default=256, show_default=True),
-        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+def knob_options(sections: tuple[str, ...], include: tuple[str, ...] = (), **defaults):
+    """Click options generated from the config's knobs (minority_core.config.KNOBS) of `sections`
+    (plus the knobs named in `include`): one declaration serves the schema, the Python API and the
+    CLI. Unset options are None (the schema or the model's preset decides); `defaults` gives some
+    a command's own default."""
+    from minority_core.config import KNOBS
+
+    def decorate(fn):
+        chosen = [k for k in KNOBS if (k.path[0] in sections or k.flat in include) and k.base_type is not None]
+        for knob in reversed(chosen):
+            fn = click.option(*_knob_decls(knob), knob.flat, **_knob_kwargs(knob, defaults))(fn)
+        return fn
+
+    return decorate
 
 
-def build_sampler_config(model_spec, preset=None, **options):
-    """Typed sampler config from CLI values; the model's preset fills what was not given."""
-    from minority_core.config.presets import sampler_config_for
-
-    names = ("guidance_scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "mc_samples", "steps", "sampler", "eta", "batch_size",
-             "method", "gamma", "skip", "classifier", "classifier_scale", "cfg_scale", "negative_prompt", "class_labels")
-    prompts = read_prompts(options["prompt"], options["prompts_file"])
-    return sampler_config_for(model_spec, preset=preset, prompts=prompts, **{k: options[k] for k in names})
+def _knob_decls(knob) -> tuple[str, ...]:
+    if knob.base_type is bool and knob.flat != "overwrite":
+        return (f"--{knob.cli}/--no-{knob.cli}",)
+    return (f"--{knob.cli}",)
 
 
-def read_prompts(prompt: tuple[str, ...], prompts_file: str | None) -> list[str] | None:
+def _knob_kwargs(knob, defaults: dict) -> dict:
+    kwargs: dict = {"help": knob.help}
+    preset_decides = knob.path[0] == "sampler"
+    if knob.flat == "overwrite":
+        return {**kwargs, "is_flag": True}
+    if knob.repeated:
+        kwargs.update(multiple=True, type=knob.base_type)
+    elif knob.choices:
+        kwargs["type"] = click.Choice(knob.choices)
+    elif knob.base_type is not bool:
+        kwargs["type"] = knob.base_type
+    if knob.flat in defaults:
+        kwargs.update(default=defaults[knob.flat], show_default=True)
+    elif knob.default is None and knob.path[-1] in ("out", "num_samples"):
+        kwargs["required"] = True
+    elif not knob.repeated:
+        kwargs["default"] = None
+        if knob.default not in (None, "") and not preset_decides:
+            kwargs["help"] += f"  [default: {knob.default}]"
+        elif preset_decides and knob.flat != "class_labels":
+            kwargs["help"] += "  [default: the model's preset]"
+    return kwargs
+
+
+def config_from_cli(options: dict, prompts_file: str | None = None, storage_option: tuple[str, ...] = ()):
+    """The SynthesisConfig of a command's generated options: repeated options as lists (empty =
+    not given), `--prompts-file` read, local `--out` made absolute, credentials put in the
+    environment of this process only."""
+    from minority_core.config import SynthesisConfig, parse_storage_options
+    from minority_core.config.storage import export_secret_options
+
+    given = {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in options.items()}
+    given["prompts"] = read_prompts(given.get("prompts"), prompts_file)
+    given["out"] = normalise_out(given["out"])
+    plain, secret = parse_storage_options(storage_option)
+    export_secret_options(secret)
+    return SynthesisConfig.from_options(**given, storage_options=plain or None)
+
+
+def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str] | None:
     """`--prompt` values or the lines of `--prompts-file` (not both); None when neither is given."""
     if prompt and prompts_file:
         raise InputError("give --prompt or --prompts-file, not both")
     if not prompts_file:
-        return list(prompt) or None
+        return prompt or None
     from minority_core.models.latent import read_prompts_file
 
     return read_prompts_file(prompts_file)
+
+
+prompts_file_option = click.option("--prompts-file", type=click.Path(dir_okay=False), default=None, help="latent: models: prompts, one per line (UTF-8; blank lines skipped)")
+storage_option = click.option("--storage-option", "storage_option", multiple=True, help="key=value for fsspec (repeatable); credentials stay out of Prefect")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -106,52 +123,28 @@ def main():
 
 
 @main.command()
-@sampler_options
-@click.option("--num-samples", type=int, default=64, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="output folder (PNG grid + Parquet)")
+@knob_options(("model", "sampler"), include=("num_samples", "seed", "arm", "device", "out"), num_samples=64)
+@prompts_file_option
 @friendly_errors
-def sample(out_dir, num_samples, seed, device, preset, upsampler, adm_flags, **options):
+def sample(prompts_file, **options):
     """Sample in this process: writes OUT/grid.png and OUT/samples/shard-00000.parquet."""
-    from minority_core.demo.labeling import label_samples
-    from minority_core.io import ShardStore, samples_table
+    from minority_core.io import ShardStore
     from minority_core.io.images import grid_png, to_uint8_nhwc
-    from minority_core.models import load_model, load_options
-    from minority_core.runs.generate import check_class_labels, generate, sample_prompts
+    from minority_core.models import load_model
+    from minority_core.runs.generate import check_class_labels
+    from minority_core.runs.plan import ShardSpec
+    from minority_core.runs.worker import sample_shard
 
-    config = build_sampler_config(preset=preset, **options)
-    model_options = load_options(preset, upsampler, adm_flags)
-    if adm_flags and not options["model_spec"].startswith("adm:"):
-        raise InputError(f"--adm-flag applies to adm: models only; {options['model_spec']} is not one")
-    loaded = load_model(options["model_spec"], device, **model_options)
-    check_class_labels(loaded, config)  # before anything is written
-    store = ShardStore(str(Path(out_dir).resolve()))
+    config = config_from_cli(options, prompts_file)
+    out, n = config.output.out, config.output.num_samples
+    loaded = load_model(config.model.spec, config.execution.device, **config.model.load_options())
+    check_class_labels(loaded, config.sampler)  # before anything is written
+    store = ShardStore(out)
     store.check_writable()
-    images, class_labels = generate(loaded, num_samples, config, seed, device, progress=True)
-    uint8 = to_uint8_nhwc(images)
-    labels = label_samples(loaded.spec, images) if class_labels is None else class_labels.numpy()
-    scale = 0.0 if config.guidance is None else config.guidance.scale
-    prompts = sample_prompts(config, 0, num_samples)
-    record = store.write_shard("samples", 0, samples_table(uint8, 0, seed, labels=labels, guidance=scale, arm=config.method, prompts=prompts))
-    (Path(out_dir) / "grid.png").write_bytes(grid_png(uint8))
-    click.echo(json.dumps({"samples": num_samples, "parquet": store.url_of(record.path), "grid": str(Path(out_dir) / "grid.png")}))
-
-
-def parse_storage_options(pairs: tuple[str, ...]) -> tuple[dict, dict]:
-    """`key=value` pairs → (plain options for the flow, credential options kept out of Prefect)."""
-    from minority_core.config import SECRET_KEY
-
-    plain, secret = {}, {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--storage-option must be key=value, got {pair!r}")
-        parsed = json.loads(value) if value[:1] in "{[" or value in ("true", "false") else value
-        target = secret if SECRET_KEY.search(key) else plain
-        if key == "endpoint_url":  # s3fs takes it inside client_kwargs
-            target.setdefault("client_kwargs", {})["endpoint_url"] = parsed
-        else:
-            target[key] = parsed
-    return plain, secret
+    images, table = sample_shard(loaded, config.sampler, ShardSpec(0, n, config.output.seed, 0), config.output.arm, config.execution.device)
+    record = store.write_shard("samples", 0, table)
+    (Path(out) / "grid.png").write_bytes(grid_png(to_uint8_nhwc(images)))
+    click.echo(json.dumps({"samples": n, "parquet": store.url_of(record.path), "grid": str(Path(out) / "grid.png")}))
 
 
 def normalise_out(out: str) -> str:
@@ -160,29 +153,13 @@ def normalise_out(out: str) -> str:
 
 
 @main.command()
-@sampler_options
-@click.option("--num-samples", type=int, required=True)
-@click.option("--shard-size", type=int, default=256, show_default=True)
-@click.option("--out", required=True, help="output location: a folder, file://, s3://, gs:// or memory:// URL")
-@click.option("--arm", default="guided", show_default=True, help="name of this arm in reports (e.g. standard, guided)")
-@click.option("--extractor", default=None, help="feature extractor for scoring (default: the model's preset)")
-@click.option("--workers", type=int, default=2, show_default=True, help="CPU Ray actors (one per GPU where there are GPUs); 0 = in-process")
-@click.option("--ray-address", default=None, help="an existing Ray cluster (default: local Ray, or $RAY_ADDRESS)")
-@click.option("--storage-option", "storage_option", multiple=True, help="key=value for fsspec (repeatable); credentials stay out of Prefect")
-@click.option("--overwrite", is_flag=True, help="replace a different earlier run at --out")
+@knob_options(("model", "sampler", "output", "execution"))
+@prompts_file_option
+@storage_option
 @friendly_errors
-def synthesize(out, num_samples, shard_size, arm, extractor, workers, ray_address, storage_option, overwrite, seed, device, preset, upsampler, adm_flags, model_spec, **sampler):
+def synthesize(prompts_file, storage_option, **options):
     """Run the synthesis flow (Prefect + Ray + Parquet shards); rerunning the same command resumes."""
-    from minority_core.config import SynthesisConfig
-
-    plain = _storage(storage_option)
-    prompts = read_prompts(sampler.pop("prompt"), sampler.pop("prompts_file"))
-    sampler["class_labels"] = list(sampler["class_labels"]) or None
-    config = SynthesisConfig(
-        model=model_spec, preset=preset, upsampler=upsampler, adm_flags=list(adm_flags), num_samples=num_samples, shard_size=shard_size, out=normalise_out(out), arm=arm,
-        extractor=extractor, workers=workers, ray_address=ray_address, device=device, overwrite=overwrite, seed=seed,
-        storage_options=plain, prompts=prompts, **sampler,
-    )
+    config = config_from_cli(options, prompts_file, storage_option)
     from flows.synthesize import synthesize as flow
 
     click.echo(json.dumps(flow(config, progress=True), indent=2))
@@ -287,11 +264,11 @@ def doctor():
 
 def _storage(pairs: tuple[str, ...]) -> dict:
     """Plain options for flow parameters; credentials go to the environment for this process only."""
-    from minority_core.config import STORAGE_OPTIONS_ENV
+    from minority_core.config import parse_storage_options
+    from minority_core.config.storage import export_secret_options
 
     plain, secret = parse_storage_options(pairs)
-    if secret:
-        os.environ[STORAGE_OPTIONS_ENV] = json.dumps(secret)
+    export_secret_options(secret)
     return plain
 
 

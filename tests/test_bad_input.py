@@ -93,12 +93,12 @@ CASES = {
     "cli: filter top-q": (cli_case(["filter", "--run", "{tmp}/none", "--top-q", "2"], ""), "top_q must be in (0, 1]"),
     "cli: eta": (cli_case(["synthesize", "--num-samples", "4", "--out", "{tmp}/o", "--sampler", "ddim", "--eta", "3"], ""), "eta"),
     # --- configs
-    "config: bundled model": (raises_case(lambda t: SynthesisConfig(model="bundled:cats", num_samples=1, out="/tmp/x"), ""), "unknown bundled model"),
-    "config: arm name": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="/tmp/x", arm="Bad Name!"), ""), "arm"),
-    "config: credentials": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="/tmp/x", storage_options={"password": "p"}), ""), "look like credentials"),
-    "config: unknown field": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="/tmp/x", colour="red"), ""), "Extra inputs are not permitted"),
-    "config: relative out": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="rel/x"), ""), "absolute path or a URL"),
-    "config: mc samples": (raises_case(lambda t: SynthesisConfig(num_samples=1, out="/tmp/x", mc_samples=0), ""), "mc_samples must be an integer ≥ 1"),
+    "config: bundled model": (raises_case(lambda t: SynthesisConfig.from_options(model="bundled:cats", num_samples=1, out="/tmp/x"), ""), "unknown bundled model"),
+    "config: arm name": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="/tmp/x", arm="Bad Name!"), ""), "arm"),
+    "config: credentials": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="/tmp/x", storage_options={"password": "p"}), ""), "look like credentials"),
+    "config: unknown field": (raises_case(lambda t: SynthesisConfig(output={"num_samples": 1, "out": "/tmp/x"}, colour="red"), ""), "Extra inputs are not permitted"),
+    "config: relative out": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="rel/x"), ""), "absolute path or a URL"),
+    "config: mc samples": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="/tmp/x", mc_samples=0), ""), "mc_samples must be an integer ≥ 1"),
     # --- dataset files
     "dataset: not yaml": (raises_case(lambda t: load_dataset_file(dataset_file(t, "name: [unclosed")), ""), "not valid YAML"),
     "dataset: not a mapping": (raises_case(lambda t: load_dataset_file(dataset_file(t, "- a\n- b\n")), ""), "must be a mapping"),
@@ -200,7 +200,7 @@ def test_guidance_validator_accepts_exactly_the_valid_region(scale, perturb, eve
 def test_synthesis_config_validator(num_samples, shard_size, workers):
     valid = num_samples > 0 and shard_size > 0 and 0 <= workers <= 256
     try:
-        SynthesisConfig(num_samples=num_samples, shard_size=shard_size, workers=workers, out="/tmp/x")
+        SynthesisConfig.from_options(num_samples=num_samples, shard_size=shard_size, workers=workers, out="/tmp/x")
     except ValueError:
         assert not valid
     else:

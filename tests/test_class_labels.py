@@ -74,7 +74,7 @@ def test_flow_refuses_out_of_range_labels_at_worker_start_in_one_line(conditiona
     from minority_core.config import SynthesisConfig
     from tests.faults.helpers import task_run_messages
 
-    config = SynthesisConfig(model=conditional_model, num_samples=4, shard_size=2, steps=2, out=str(tmp_path / "run"), workers=workers,
+    config = SynthesisConfig.from_options(model=conditional_model, num_samples=4, shard_size=2, steps=2, out=str(tmp_path / "run"), workers=workers,
                              extractor="pixels", class_labels=[9])
     assert config.output_identity()["sampler"]["class_labels"] == [9]
     with task_run_messages() as messages, pytest.raises(ValueError, match=r"class labels \[9\] are out of range") as info:
@@ -87,15 +87,14 @@ def test_flow_refuses_out_of_range_labels_at_worker_start_in_one_line(conditiona
 def test_dataset_files_take_class_labels(conditional_model, tmp_path):
     import yaml
 
-    from flows.dataset_runs import entry_config
     from minority_core.config.datasets import load_dataset_file
 
     entry = {"name": "cond", "model": conditional_model, "reference": {"source": "/data", "url": "/ref"}, "output": "/out",
-             "guidance": {"class_labels": [1, 3]}}
+             "sampler": {"class_labels": [1, 3]}}
     (tmp_path / "cond.yaml").write_text(yaml.safe_dump(entry))
-    config = entry_config(load_dataset_file(tmp_path / "cond.yaml"))
-    assert config.class_labels == [1, 3] and config.sampler_config().class_labels == (1, 3)
-    entry["guidance"]["class_labels"] = [-2]
+    config = load_dataset_file(tmp_path / "cond.yaml").synthesis_config()
+    assert config.sampler.class_labels == (1, 3) and config.output_identity()["sampler"]["class_labels"] == [1, 3]
+    entry["sampler"]["class_labels"] = [-2]
     (tmp_path / "cond.yaml").write_text(yaml.safe_dump(entry))
-    with pytest.raises(ValueError, match=r"cond.yaml: guidance.class_labels.0: Input should be greater than or equal to 0"):
+    with pytest.raises(ValueError, match=r"cond.yaml: .*class_labels must be a non-empty list of class indices ≥ 0"):
         load_dataset_file(tmp_path / "cond.yaml")

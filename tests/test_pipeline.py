@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api", "ray_local")
 
 def config(model: str, out: str, **kw) -> SynthesisConfig:
     base = dict(model=f"diffusers:{model}", num_samples=40, shard_size=16, steps=6, out=out, extractor="pixels", workers=2, guidance_scale=0.4, every=2)
-    return SynthesisConfig(**{**base, **kw})
+    return SynthesisConfig.from_options(**{**base, **kw})
 
 
 def run(cfg: SynthesisConfig) -> dict:
@@ -127,12 +127,12 @@ def test_missing_bucket_is_a_clear_error(tiny_diffusers_model, moto_endpoint):
 def test_bad_config_is_refused(tmp_path, kw, message):
     base = dict(model="bundled:digits", num_samples=10, out=str(tmp_path / "x"))
     with pytest.raises(ValueError, match=message):
-        SynthesisConfig(**{**base, **kw})
+        SynthesisConfig.from_options(**{**base, **kw})
     assert not (tmp_path / "x").exists()
 
 
 def test_unknown_model_folder_fails_before_writing(tmp_path):
-    cfg = SynthesisConfig(model=f"diffusers:{tmp_path / 'missing'}", num_samples=4, out=str(tmp_path / "out"), workers=1, extractor="pixels")
+    cfg = SynthesisConfig.from_options(model=f"diffusers:{tmp_path / 'missing'}", num_samples=4, out=str(tmp_path / "out"), workers=1, extractor="pixels")
     with pytest.raises(ValueError, match="neither an existing folder nor a hub id") as info:  # the worker's error, from its Ray actor
         run(cfg)
     assert "\n" not in str(info.value)
@@ -152,7 +152,7 @@ def test_shard_files_without_a_manifest_are_refused_unless_overwrite(tiny_diffus
     with pytest.raises(ValueError, match="holds shard files but no manifest.json .* pass --overwrite"):
         run(cfg)
     assert (out / "samples" / "shard-00000.parquet").read_bytes() == before and not (out / "manifest.json").exists()
-    summary = run(cfg.model_copy(update={"overwrite": True}))
+    summary = run(cfg.replace(overwrite=True))
     assert summary["samples"] == 16 and ShardStore(str(out)).list_indices("samples") == [0]
 
 
@@ -162,14 +162,14 @@ def test_a_run_recorded_by_the_previous_version_resumes(tiny_diffusers_model, tm
 
     cfg = config(tiny_diffusers_model, str(tmp_path / "run"), workers=0)
     run(cfg)
-    store = ShardStore(cfg.out)
+    store = ShardStore(cfg.output.out)
     current = store.read_manifest()
     old_config = {**current.config, "sampler": {**current.config["sampler"], "class_label": None}}
     store.write_manifest(Manifest(config=old_config, code_version="0.0.9", shards=dict(current.shards)))
     summary = run(cfg)
     assert summary["generated_shards"] == 0 and summary["skipped_shards"] == 3
     with pytest.raises(ValueError, match="differs in: sampler"):  # a real difference is still refused
-        run(cfg.model_copy(update={"steps": 7}))
+        run(cfg.replace(steps=7))
 
 
 def test_a_worker_whose_start_failed_retries_it_before_its_next_shard(tiny_diffusers_model, tmp_path):
@@ -177,12 +177,12 @@ def test_a_worker_whose_start_failed_retries_it_before_its_next_shard(tiny_diffu
     start-up error as itself; once the model is back, the next shard starts the worker again."""
     import shutil
 
-    from minority_core.runs.generate import shard_seed
+    from minority_core.runs.plan import shard_seed
     from minority_core.runs.worker import ShardWorker
 
     folder = tmp_path / "model"
     cfg = config(str(folder), str(tmp_path / "out"), workers=0)
-    worker = ShardWorker(cfg.model, cfg.sampler_config().to_dict(), cfg.out, extractor="pixels")
+    worker = ShardWorker(cfg.replace(extractor="pixels").model_dump(mode="json"))
     with pytest.raises(ValueError, match="neither an existing folder nor a hub id"):
         worker.ping()
     shutil.copytree(tiny_diffusers_model, folder)

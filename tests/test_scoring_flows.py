@@ -22,7 +22,7 @@ def scored_runs(tiny_diffusers_model, tmp_path_factory):
     ref = build_reference("bundled:digits", str(root / "ref"), extractor="pixels")
     runs = {}
     for arm, w in (("standard", 0.0), ("guided", 2.0)):
-        cfg = SynthesisConfig(model=f"diffusers:{tiny_diffusers_model}", num_samples=36, shard_size=16, steps=6, out=str(root / arm), arm=arm, guidance_scale=w, extractor="pixels", reference=str(root / "ref"), workers=2)
+        cfg = SynthesisConfig.from_options(model=f"diffusers:{tiny_diffusers_model}", num_samples=36, shard_size=16, steps=6, out=str(root / arm), arm=arm, guidance_scale=w, extractor="pixels", reference=str(root / "ref"), workers=2)
         runs[arm] = synthesize(cfg)
     return root, ref, runs
 

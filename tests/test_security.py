@@ -62,7 +62,7 @@ def test_credentials_never_reach_prefect(tiny_diffusers_model, s3_bucket, monkey
 
     url, options = s3_bucket
     monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps({"key": "AKIAFAKEKEY", "secret": FAKE_SECRET}))
-    config = SynthesisConfig(model=f"diffusers:{tiny_diffusers_model}", num_samples=8, shard_size=4, steps=4, out=f"{url}/secure",
+    config = SynthesisConfig.from_options(model=f"diffusers:{tiny_diffusers_model}", num_samples=8, shard_size=4, steps=4, out=f"{url}/secure",
                              extractor="pixels", workers=1, storage_options={"client_kwargs": options["client_kwargs"]})
     assert synthesize(config)["samples"] == 8
     assert FAKE_SECRET not in ShardStore(f"{url}/secure", options).fs.cat_file(f"{url}/secure/manifest.json").decode()

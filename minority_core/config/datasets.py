@@ -6,13 +6,17 @@ guidance and run sizes, and a schedule. Validated once, with errors that name th
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from minority_core.config.guidance import MinorityGuidance
+from minority_core.config.synthesis import KNOBS, SynthesisConfig, describe_validation_error
 from minority_core.errors import InputError, MissingFileError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -28,19 +32,6 @@ class ReferenceEntry(_Strict):
     source: str
     extractor: str | None = None
     url: str
-
-
-class GuidanceEntry(_Strict):
-    guidance_scale: float | None = Field(default=None, ge=0)
-    perturb_ratio: float | None = Field(default=None, gt=0, le=1)
-    every: int | None = Field(default=None, ge=1)
-    stop_ratio: float | None = Field(default=None, ge=-1, lt=1)
-    scale_type: Literal["var", "fixed"] | None = None
-    distance: Literal["l2", "lpips"] | None = None
-    mc_samples: int | None = Field(default=None, ge=1)
-    steps: int | None = Field(default=None, ge=2)
-    sampler: Literal["ancestral", "ddim"] = "ancestral"
-    class_labels: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # class-conditional models; None = uniform
 
 
 class PromptsEntry(_Strict):
@@ -87,7 +78,8 @@ class DatasetEntry(_Strict):
     preset: str | None = None
     reference: ReferenceEntry
     output: str
-    guidance: GuidanceEntry = GuidanceEntry()
+    sampler: dict[str, Any] = {}  # SamplerConfig fields (steps, sampler, method, class_labels, ...); omitted: the model's preset
+    guidance: dict[str, Any] = {}  # MinorityGuidance fields (scale, perturb_ratio, every, ...); omitted: the model's preset
     prompts: PromptsEntry | None = None
     run: RunEntry = RunEntry()
     schedule: ScheduleEntry = ScheduleEntry()
@@ -109,6 +101,48 @@ class DatasetEntry(_Strict):
         if self.prompts is not None and not text_model:
             raise InputError("prompts apply to latent: (text-to-image) models only")
         return self
+
+    @field_validator("guidance")
+    @classmethod
+    def _guidance_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Each guidance setting on its own, so an error names its field (`guidance.every: …`)."""
+        known = {f.name for f in dataclasses.fields(MinorityGuidance)}
+        problems = []
+        for key, item in value.items():
+            if key not in known:
+                problems.append(f"guidance.{key}: unknown setting; known are {', '.join(sorted(known))}")
+                continue
+            try:
+                MinorityGuidance(**{"scale": 1.0, key: item})
+            except InputError as exc:
+                problems.append(f"guidance.{key}: {exc}")
+        if problems:
+            raise InputError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _settings_valid(self) -> DatasetEntry:
+        """The sampler and guidance settings are checked by the same code as any run's, now."""
+        self.synthesis_config(read_prompts=False)
+        return self
+
+    def synthesis_config(self, read_prompts: bool = True, **overrides: Any) -> SynthesisConfig:
+        """The SynthesisConfig of one run of this dataset: its settings as flat options, with the
+        given flat `overrides` (None = not given) on top. Default output: OUTPUT/<name>-<UTC time>;
+        default seed: the entry's, else today's date; a run with w = 0 is the `standard` arm."""
+        now = dt.datetime.now(dt.UTC)
+        run = self.run.model_dump()
+        seed = run.pop("seed")
+        flat: dict[str, Any] = dict(
+            model=self.model, preset=self.preset, **self.sampler, **_flat_guidance(self.guidance), **run,
+            out=f"{self.output_url}/{self.name}-{now:%Y%m%d-%H%M%S}", seed=seed if seed is not None else int(f"{now:%Y%m%d}"),
+            extractor=self.reference.extractor, reference=self.reference_url, reference_source=self.reference_source,
+        )
+        if self.prompts is not None:
+            flat.update(self.prompt_fields() if read_prompts else {"prompts": ["(read when a run starts)"]})
+        flat.update({k: v for k, v in overrides.items() if v is not None})
+        config = SynthesisConfig.from_options(**flat)
+        return config.replace(arm="standard") if config.sampler.method == "standard" and "arm" not in overrides else config
 
     def prompt_fields(self) -> dict:
         """SynthesisConfig's text fields (empty for pixel models); a prompts file is read now,
@@ -155,8 +189,7 @@ def load_dataset_file(path: str | Path) -> DatasetEntry:
     try:
         entry = DatasetEntry(**data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
-        raise InputError(f"{path}: {problems}") from None
+        raise InputError(f"{path}: {describe_validation_error(exc).removeprefix('invalid config: ')}") from None
     if entry.name != path.stem:
         raise InputError(f"{path}: name {entry.name!r} must match the file name {path.stem!r}")
     return entry
@@ -172,3 +205,12 @@ def get_dataset(name: str, directory: Path = DATASETS_DIR) -> DatasetEntry:
         known = ", ".join(list_datasets(directory)) or "none"
         raise InputError(f"unknown dataset {name!r}: known datasets are {known} (files in {directory})")
     return load_dataset_file(path)
+
+
+def _flat_guidance(guidance: dict[str, Any]) -> dict[str, Any]:
+    """A dataset file's guidance section (MinorityGuidance's field names) as flat options."""
+    flat_of = {k.path[-1]: k.flat for k in KNOBS if k.path[:2] == ("sampler", "guidance")}
+    unknown = sorted(set(guidance) - set(flat_of))
+    if unknown:
+        raise InputError(f"unknown guidance setting(s) {', '.join(unknown)}: known are {', '.join(flat_of)}")
+    return {flat_of[k]: v for k, v in guidance.items()}

@@ -10,36 +10,27 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from minority_core.config.fields import knob
 from minority_core.errors import InputError
 
 
 @dataclass(frozen=True)
 class MinorityGuidance:
-    """Settings of self-guided minority guidance; validated on construction.
+    """Settings of self-guided minority guidance (docs/DESIGN.md §1); validated on construction."""
 
-    scale: w, the guidance strength (0 keeps the guided steps' extra work but adds nothing).
-    perturb_ratio: s = ⌊perturb_ratio · steps⌋ on the respaced grid (a large perturbation).
-    every: guide only at grid indices t with t % every == 0 (intermittent guidance).
-    stop_ratio: guide only while t > stop_ratio · steps (−1: never switch off).
-    scale_type: "var" multiplies the gradient by the step's variance Σ_θ(x_t, t); "fixed" does not.
-    distance: "l2" (unsquared per-sample norm) or "lpips" (AlexNet LPIPS, needs weights on disk).
-    normalize: divide each sample's gradient by its max-abs value before scaling.
-    mc_samples: number of re-noising draws ε the loss is averaged over.
-    """
-
-    scale: float
-    perturb_ratio: float = 0.8
-    every: int = 5
-    stop_ratio: float = -1.0
-    scale_type: Literal["var", "fixed"] = "var"
-    distance: Literal["l2", "lpips"] = "l2"
-    normalize: bool = True
-    mc_samples: int = 1
+    scale: float = knob(help="w, the guidance strength; 0 = standard sampling (no guidance)", flag="guidance_scale")
+    perturb_ratio: float = knob(0.8, help="s = ⌊ratio·steps⌋: how far the posterior mean is re-noised (a large perturbation)")
+    every: int = knob(5, help="guide every k-th step only (intermittent guidance)")
+    stop_ratio: float = knob(-1.0, help="guide only while t > ratio·steps (−1: never switch off)")
+    scale_type: Literal["var", "fixed"] = knob("var", help="var: scale the gradient by the step's variance Σ_θ (it decays late in sampling); fixed: do not")
+    distance: Literal["l2", "lpips"] = knob("l2", help="minority-loss distance: l2 (unsquared per-sample norm) or lpips (AlexNet LPIPS, weights on disk)")
+    normalize: bool = knob(True, help="divide each sample's gradient by its max-abs value before scaling")
+    mc_samples: int = knob(1, help="re-noising draws ε the minority loss is averaged over")
 
     def __post_init__(self) -> None:
         problems = []
         if not _is_real(self.scale) or not math.isfinite(self.scale) or self.scale < 0:
-            problems.append(f"scale must be a finite number ≥ 0, got {self.scale!r}")
+            problems.append(f"scale must be a finite number ≥ 0 (guidance_scale, w), got {self.scale!r}")
         if not _is_real(self.perturb_ratio) or not 0 < self.perturb_ratio <= 1:
             problems.append(f"perturb_ratio must be in (0, 1], got {self.perturb_ratio!r}")
         if not _is_int(self.every) or self.every < 1:

@@ -1,96 +1,98 @@
-"""Per-model defaults for sampling, guidance and scoring.
+"""Per-model defaults as default objects, and the one place they are merged with what was given.
 
-w is not portable across data dimensions or normalisations (DESIGN §7), so every model family
-carries its own tuned defaults; the generic ones are the reference code's.
+w is not portable across data dimensions or normalisations (docs/DESIGN.md §7), so every model
+family carries its own tuned defaults; the generic ones are the reference code's. A preset is
+a complete `SamplerConfig` (guidance included) plus the feature extractor its runs score with;
+`resolve_sampler` lays the user's overrides over it. The CLI, dataset files and the Python API
+all come through here, so a default lives in exactly one place.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from minority_core.config.guidance import MinorityGuidance
+from minority_core.config.sampler import SamplerConfig
 from minority_core.errors import InputError
 
-GENERIC = dict(
-    steps=250, guidance_scale=0.4, perturb_ratio=0.8, every=5, stop_ratio=-1.0,
-    scale_type="var", distance="l2", mc_samples=1, extractor="inception-pool3",
-)
+
+@dataclass(frozen=True)
+class Preset:
+    """What a model family samples and scores with unless told otherwise."""
+
+    sampler: SamplerConfig
+    extractor: str
+
+
+GENERIC = Preset(SamplerConfig(steps=250, guidance=MinorityGuidance(scale=0.4)), extractor="inception-pool3")
 
 # Tuned on the bundled digits model with benchmarks/tune_demo.py (README, "Demo numbers"): the
 # best trade-off between rare-class share / AvgkNN and classifier confidence. On this 8×8 model
 # with its cosine schedule, the paper's s = 0.8·T and every = 5 give almost no effect below the
 # w that wrecks samples; guiding every 2nd step of the first half, with s = 0.4·T, does.
-DIGITS = dict(GENERIC, steps=100, guidance_scale=3.0, perturb_ratio=0.4, every=2, stop_ratio=0.5, extractor="demo-classifier",
-              classifier_scale=10.0)  # minority-classifier baseline, tuned in minority_core/baselines/minority_classifier.py
-
-PRESETS = {"bundled:digits": DIGITS}
+# classifier_scale: the minority-classifier baseline, tuned in minority_core/baselines/minority_classifier.py.
+DIGITS = Preset(
+    SamplerConfig(steps=100, guidance=MinorityGuidance(scale=3.0, perturb_ratio=0.4, every=2, stop_ratio=0.5), classifier_scale=10.0),
+    extractor="demo-classifier",
+)
 
 # latent: (Stable-Diffusion-style) pipelines: 50 steps as diffusers' pipelines, L2 on latents (LPIPS
-# needs images). w is the generic 0.4 and untuned: latents are not [−1, 1] pixels (DESIGN §7).
-LATENT = dict(GENERIC, steps=50)
+# needs images). w is the generic 0.4 and untuned: latents are not [−1, 1] pixels (docs/DESIGN.md §7).
+LATENT = replace(GENERIC, sampler=replace(GENERIC.sampler, steps=50))
+
+BY_SPEC = {"bundled:digits": DIGITS}
+
+SAMPLER_KEYS = tuple(f.name for f in dataclasses.fields(SamplerConfig))
+GUIDANCE_KEYS = tuple(f.name for f in dataclasses.fields(MinorityGuidance))
+TEXT_KEYS = ("prompts", "cfg_scale", "negative_prompt")
 
 
-def defaults_for(spec: str, preset: str | None = None) -> dict:
-    """The sampling defaults for a model spec: the bundled model's tuned ones, the paper's for an
-    ADM preset (Um & Ye: CelebA-64/LSUN w 0.4, ImageNet-64 w 0.2 every 2, LPIPS), else generic."""
+def preset_for(spec: str, preset: str | None = None) -> Preset:
+    """The defaults of a model spec: the bundled model's tuned ones, the paper's for an ADM preset
+    (Um & Ye: CelebA-64/LSUN w 0.4, ImageNet-64 w 0.2 every 2, LPIPS), else generic."""
     if spec.startswith("adm:") and preset:
         from minority_core.models.adm_loader import PAPER_GUIDANCE
 
         if preset not in PAPER_GUIDANCE:
             raise InputError(f"unknown ADM preset {preset!r}: use one of {', '.join(PAPER_GUIDANCE)}")
         paper = PAPER_GUIDANCE[preset]
-        return dict(GENERIC, guidance_scale=paper["scale"], **{k: paper[k] for k in ("perturb_ratio", "every", "scale_type", "distance", "steps")})
+        guidance = replace(GENERIC.sampler.guidance, **{k: paper[k] for k in ("scale", "perturb_ratio", "every", "scale_type", "distance")})
+        return replace(GENERIC, sampler=replace(GENERIC.sampler, steps=int(paper["steps"]), guidance=guidance))
     if spec.startswith("latent:"):
-        return dict(LATENT)
-    return dict(PRESETS.get(spec, GENERIC))
+        return LATENT
+    return BY_SPEC.get(spec, GENERIC)
 
 
-def sampler_config_for(
-    spec: str,
-    *,
-    preset: str | None = None,
-    guidance_scale: float | None = None,
-    perturb_ratio: float | None = None,
-    every: int | None = None,
-    stop_ratio: float | None = None,
-    scale_type: str | None = None,
-    distance: str | None = None,
-    mc_samples: int | None = None,
-    steps: int | None = None,
-    sampler: str = "ancestral",
-    eta: float = 0.0,
-    batch_size: int = 256,
-    method: str = "self-guided",
-    gamma: float | None = None,
-    skip: int | None = None,
-    classifier: str | None = None,
-    classifier_scale: float | None = None,
-    prompts: list[str] | tuple[str, ...] | None = None,
-    cfg_scale: float | None = None,
-    negative_prompt: str | None = None,
-    class_labels: list[int] | tuple[int, ...] | None = None,
-):
-    """A validated SamplerConfig: given values win, the model's preset fills the rest; w = 0 is standard sampling."""
-    from minority_core.config.guidance import MinorityGuidance
-    from minority_core.config.sampler import SamplerConfig
+def resolve_sampler(spec: str, preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> SamplerConfig:
+    """The preset's SamplerConfig with `overrides` laid over it (`guidance` a mapping of guidance
+    fields); validated, and checked against the model spec. w = 0 is standard sampling."""
+    given = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    guidance_given = dict(given.pop("guidance", None) or {})
+    _refuse_unknown(given, SAMPLER_KEYS, "sampler")
+    _refuse_unknown(guidance_given, GUIDANCE_KEYS, "guidance")
+    base = preset_for(spec, preset).sampler
+    method = given.get("method", base.method)
+    guidance = None
+    if method == "self-guided":
+        guidance = replace(base.guidance, **guidance_given)
+        if guidance.scale == 0:
+            method, guidance = "standard", None
+    text = sorted(k for k in TEXT_KEYS if k in given)
+    if "prompts" not in given and text:
+        if not spec.startswith("latent:"):
+            raise InputError(f"{', '.join(text)} apply to text-to-image (latent:) models only; {spec} is not one")
+        raise InputError(f"{', '.join(text)} given without prompts: pass --prompt TEXT or --prompts-file FILE")
+    config = replace(base, **{**given, "method": method, "guidance": guidance})
     from minority_core.runs.generate import check_model_fits
 
-    d = defaults_for(spec, preset)
-    given = dict(guidance_scale=guidance_scale, perturb_ratio=perturb_ratio, every=every, stop_ratio=stop_ratio,
-                 scale_type=scale_type, distance=distance, mc_samples=mc_samples, steps=steps)
-    v = {k: d[k] if value is None else value for k, value in given.items()}
-    guidance = None
-    if method == "self-guided" and v["guidance_scale"] == 0:
-        method = "standard"
-    if method == "self-guided":
-        guidance = MinorityGuidance(
-            scale=float(v["guidance_scale"]), perturb_ratio=float(v["perturb_ratio"]), every=v["every"],
-            stop_ratio=float(v["stop_ratio"]), scale_type=v["scale_type"], distance=v["distance"], mc_samples=v["mc_samples"],
-        )
-    baseline = {k: val for k, val in dict(gamma=gamma, skip=skip, classifier_scale=classifier_scale if classifier_scale is not None else d.get("classifier_scale")).items() if val is not None}
-    text = {k: val for k, val in dict(prompts=prompts, cfg_scale=cfg_scale, negative_prompt=negative_prompt).items() if val is not None}
-    if prompts is None and text:
-        if not spec.startswith("latent:"):
-            raise InputError(f"{', '.join(sorted(text))} apply to text-to-image (latent:) models only; {spec} is not one")
-        raise InputError(f"{', '.join(sorted(text))} given without prompts: pass --prompt TEXT or --prompts-file FILE")
-    config = SamplerConfig(method=method, sampler=sampler, steps=v["steps"], eta=eta, guidance=guidance, batch_size=batch_size, classifier=classifier,
-                           class_labels=class_labels or None, **baseline, **text)
     check_model_fits(spec, config)
     return config
+
+
+def _refuse_unknown(given: Mapping[str, Any], known: tuple[str, ...], section: str) -> None:
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise InputError(f"unknown {section} setting(s) {', '.join(unknown)}: known are {', '.join(known)}")

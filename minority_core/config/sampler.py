@@ -9,6 +9,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from minority_core.config.fields import knob
 from minority_core.config.guidance import MinorityGuidance
 from minority_core.errors import InputError
 
@@ -26,22 +27,20 @@ class SamplerConfig:
     "minority-classifier" (classifier guidance toward the top minority level, ICLR 2024).
     """
 
-    method: Method = "self-guided"
-    sampler: Sampler = "ancestral"
-    steps: int = 250
-    eta: float = 0.0
-    guidance: MinorityGuidance | None = None
-    batch_size: int = 256
-    # class-conditional models: sample k of a run gets class_labels[k mod len]; None draws uniformly
-    class_labels: tuple[int, ...] | None = None
-    gamma: float = 4.0  # boost-and-skip: initial-noise std multiplier (the authors' code)
-    skip: int = 3  # boost-and-skip: first grid steps skipped
-    classifier: str | None = None  # minority-classifier: folder of a trained level classifier
-    classifier_scale: float = 3.5  # minority-classifier: classifier-guidance scale
-    # text-to-image (latent:) models only: sample k of a run gets prompts[k mod len(prompts)]
-    prompts: tuple[str, ...] | None = None
-    cfg_scale: float = 7.5  # classifier-free guidance scale (1 = conditional only)
-    negative_prompt: str = ""  # the unconditional branch of CFG
+    method: Method = knob("self-guided", help="self-guided (this product), standard, or a baseline: boost-and-skip, minority-classifier")
+    sampler: Sampler = knob("ancestral", help="ancestral (DDPM) or ddim")
+    steps: int = knob(250, help="sampling steps on the respaced grid")
+    eta: float = knob(0.0, help="DDIM η (0 = deterministic)")
+    guidance: MinorityGuidance | None = None  # None = no self-guidance (its knobs are MinorityGuidance's)
+    batch_size: int = knob(256, help="images sampled at once per worker")
+    class_labels: tuple[int, ...] | None = knob(None, help="class-conditional models: a class index (repeatable; sample k gets label k mod count). Default: uniform", cli="class-label")
+    gamma: float = knob(4.0, help="boost-and-skip: initial noise std multiplier")
+    skip: int = knob(3, help="boost-and-skip: first grid steps skipped")
+    classifier: str | None = knob(None, help="minority-classifier: folder of a trained level classifier")
+    classifier_scale: float = knob(3.5, help="minority-classifier: classifier-guidance scale")
+    prompts: tuple[str, ...] | None = knob(None, help="latent: models: a text prompt (repeatable; sample k gets prompt k mod count)", cli="prompt")
+    cfg_scale: float = knob(7.5, help="latent: models: classifier-free guidance scale (1 = conditional only)")
+    negative_prompt: str = knob("", help="latent: models: the unconditional prompt of CFG")
 
     def __post_init__(self) -> None:
         if self.class_labels is not None:

@@ -20,7 +20,7 @@ SLOW = dict(num_samples=24, shard_size=8, steps=60, every=2, guidance_scale=0.4)
 
 def make_config(model_folder: str, out: str, **kw) -> SynthesisConfig:
     base = dict(model=f"diffusers:{model_folder}", extractor="pixels", workers=0, **FAST)
-    return SynthesisConfig(**{**base, "out": out, **kw})
+    return SynthesisConfig.from_options(**{**base, "out": out, **kw})
 
 
 def run_flow(cfg: SynthesisConfig) -> dict:
@@ -83,15 +83,15 @@ def in_process_reference(cfg: SynthesisConfig, tmp_dir: str | Path) -> dict[str,
     """Shard hashes of a clean in-process generation of `cfg` (what `workers=0` must reproduce)."""
     from flows.synthesize import make_pool
     from minority_core.io import config_hash
-    from minority_core.runs.generate import shard_seed
+    from minority_core.runs.plan import shard_specs
 
     key = config_hash(cfg.output_identity())
     if key not in _REFERENCE_CACHE:
-        pool = make_pool(cfg.model_copy(update={"out": str(tmp_dir), "workers": 0, "storage_options": {}}))
+        pool = make_pool(cfg.replace(out=str(tmp_dir), workers=0, storage_options={}))
         expected = {}
-        for k in range(-(-cfg.num_samples // cfg.shard_size)):
-            rows = min(cfg.shard_size, cfg.num_samples - k * cfg.shard_size)
-            result = pool.worker.generate_shard(k, rows, shard_seed(cfg.seed, k), k * cfg.shard_size)
+        o = cfg.output
+        for spec in shard_specs(o.num_samples, o.shard_size, o.seed):
+            result = pool.worker.generate_shard(spec.index, spec.rows, spec.seed, spec.first_index)
             expected[result.samples.key] = result.samples.sha256
             expected[result.features.key] = result.features.sha256
         _REFERENCE_CACHE[key] = expected

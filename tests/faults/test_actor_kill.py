@@ -36,7 +36,7 @@ def test_actors_killed_mid_shard_restart_and_output_is_identical(tiny_diffusers_
     import ray
 
     import flows.synthesize as synthesize_module
-    from tasks.synthesis import ManifestCommitter
+    from minority_core.runs.commit import ManifestCommitter
 
     pools: list = []
     commits: list[tuple[int, int]] = []  # (shard index, pid of the process that generated it)

@@ -1,0 +1,78 @@
+"""Committing shards: a shard is part of a run once its records are in the stored manifest.
+
+One writer (the driver) commits; workers only write shard files. The interface is what the
+scale work builds on (`commit`, `committed_count`, `close`, `discard_uncommitted`): today a commit
+rewrites `manifest.json`; a commit log with constant-cost appends can replace that inside this
+module without its callers changing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from minority_core.io import Manifest, ShardStore
+from minority_core.runs.plan import SAMPLES, remove_uncommitted
+
+if TYPE_CHECKING:
+    from minority_core.runs.worker import ShardResult
+
+LOG = logging.getLogger(__name__)
+
+
+class ManifestCommitter:
+    """Adds finished shards to the manifest and stores it atomically; thread-safe.
+
+    `close()` ends a failed run: later commits are dropped, so the manifest stays as it was when
+    the failure was seen, and `discard_uncommitted` can remove every shard file it does not list.
+    `on_commit(done, total)` reports progress (e.g. to a Prefect progress artifact).
+    """
+
+    def __init__(self, store: ShardStore, manifest: Manifest, total: int, on_commit: Callable[[int, int], None] | None = None) -> None:
+        self.store, self.manifest, self.total, self.on_commit = store, manifest, total, on_commit
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def committed_count(self) -> int:
+        return len(self.manifest.committed(SAMPLES))
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+    def commit(self, result: ShardResult) -> int:
+        """Commit one finished shard (its features, then samples record); returns the committed count."""
+        records = [r for r in (result.features, result.samples) if r is not None]
+        with self.lock:
+            if self.closed:
+                return self.committed_count()
+            for record in records:
+                self.manifest.add(record)
+            try:
+                self.store.write_manifest(self.manifest)
+            except BaseException:  # not on storage, so not committed: memory must say the same
+                for record in records:
+                    self.manifest.discard(record.kind, record.index)
+                raise
+            done = self.committed_count()
+        if self.on_commit is not None:
+            self.on_commit(done, self.total)
+        return done
+
+    def discard_uncommitted(self, kinds: Iterable[str], logger: logging.Logger | logging.LoggerAdapter = LOG) -> None:
+        """After a failure (call `close()` first and let in-flight shards end): remove the shard
+        files the manifest does not list, so a failed run leaves only committed, verified shards.
+        Best effort: the run's own error is what the caller must see."""
+        try:
+            stored = self.store.read_manifest()  # a manifest write that raised may still have landed: keep what it lists
+            if stored is not None:
+                for record in stored.shards.values():
+                    if record.key not in self.manifest.shards:
+                        self.manifest.add(record)
+            removed = remove_uncommitted(self.store, self.manifest, kinds)
+            if removed:
+                logger.warning("run failed: removed %d uncommitted shard file(s): %s", len(removed), ", ".join(removed))
+        except Exception as exc:
+            logger.warning("run failed; uncommitted shard files may remain until the next run (%s)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -1,0 +1,129 @@
+"""Planning a run: split it into shards, check the output location, find what is already there.
+
+Plain functions over a `ShardStore`, so the same planning serves a Prefect flow, a script or a
+test. A rerun of the same config resumes (committed shards are skipped); a different config in
+the same place is refused unless `overwrite`, which clears the old run first. Shard k's seed
+derives from (run seed, k) alone, so what a shard holds never depends on the worker count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from minority_core import __version__
+from minority_core.errors import InputError
+from minority_core.io import Manifest, ShardStore, config_hash
+
+SAMPLES = "samples"
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard to generate: its index, row count, generator seed, and the run-wide index of
+    its first sample (which picks its prompts and class labels)."""
+
+    index: int
+    rows: int
+    seed: int
+    first_index: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run still has to do: the pending shards, the shard count, the manifest so far."""
+
+    pending: list[ShardSpec]
+    total: int
+    manifest: Manifest
+
+    @property
+    def done(self) -> int:
+        return self.total - len(self.pending)
+
+
+def shard_seed(run_seed: int, shard_index: int) -> int:
+    """A 63-bit seed from (run seed, shard index) only; independent streams per shard."""
+    return int(np.random.SeedSequence([int(run_seed), int(shard_index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def shard_specs(num_samples: int, shard_size: int, seed: int) -> list[ShardSpec]:
+    """The run's shards in order: all full but the last."""
+    count = -(-num_samples // shard_size)
+    return [ShardSpec(k, min(shard_size, num_samples - k * shard_size), shard_seed(seed, k), k * shard_size) for k in range(count)]
+
+
+def plan_run(
+    store: ShardStore, identity: dict, specs: list[ShardSpec], features_kind: str, overwrite: bool = False, logger: logging.Logger | logging.LoggerAdapter = LOG
+) -> Plan:
+    """Check the output location, reconcile it with the run `identity`, and list the shards to make.
+
+    A committed shard is skipped only if its bytes still match the manifest's sha256; one that is
+    missing or corrupt is planned again. Complete but uncommitted shard files (a failed run's) and
+    temporaries (a killed writer's) are removed, so a reader sees committed shards only.
+    """
+    store.check_writable()
+    manifest = store.read_manifest()
+    if manifest is not None and manifest.config_hash != config_hash(identity) and not same_run(manifest.config, identity):
+        if not overwrite:
+            changed = sorted(k for k in identity.keys() | manifest.config.keys() if manifest.config.get(k) != identity.get(k))
+            raise InputError(f"{store.url} holds a run with a different config (differs in: {', '.join(changed)}); use another --out or pass --overwrite")
+        logger.warning("overwrite: removing the previous run at %s", store.url)
+        store.clear()
+        manifest = None
+    kinds = (SAMPLES, features_kind)
+    if manifest is None and any(store.list_indices(kind) for kind in kinds):
+        # Shard files but no manifest: another tool's output (e.g. `sample --out`), or a run killed
+        # before its first commit. Never deleted without being asked.
+        if not overwrite:
+            raise InputError(f"{store.url} holds shard files but no manifest.json (another command's output, or a run killed before "
+                             "its first commit): use another --out, or pass --overwrite to replace them")
+        logger.warning("overwrite: removing shard files without a manifest at %s", store.url)
+        store.clear()
+    if manifest is None:  # written at the first commit, so a run that fails before it leaves nothing
+        manifest = Manifest(config=identity, code_version=__version__)
+    for kind in kinds:
+        if store.clean_temporaries(kind):
+            logger.warning("removed temporary files left in %s by an interrupted writer", kind)
+    orphans = remove_uncommitted(store, manifest, kinds)
+    if orphans:
+        logger.warning("removed %d complete but uncommitted shard file(s) left by an earlier failed run: %s", len(orphans), ", ".join(orphans))
+    pending = []
+    for spec in specs:
+        records = [r for r in manifest.records(SAMPLES) + manifest.records(features_kind) if r.index == spec.index]
+        if len(records) == 2 and all(store.verify(r) for r in records):
+            continue
+        if records:
+            logger.warning("shard %05d is missing or corrupt on storage: regenerating it", spec.index)
+            for r in records:
+                manifest.discard(r.kind, r.index)
+        pending.append(spec)
+    logger.info("%d shards planned, %d already committed, %d to generate", len(specs), len(specs) - len(pending), len(pending))
+    return Plan(pending, len(specs), manifest)
+
+
+def same_run(recorded: dict, identity: dict) -> bool:
+    """An identity recorded by an earlier version that means the same run: before class labels
+    were a list, every sampler config carried `class_label: null`."""
+    sampler = dict(recorded.get("sampler") or {})
+    if "class_label" in sampler and sampler["class_label"] is None:
+        sampler.pop("class_label")
+        return {**recorded, "sampler": sampler} == identity
+    return False
+
+
+def remove_uncommitted(store: ShardStore, manifest: Manifest | None, kinds: Iterable[str]) -> list[str]:
+    """Delete shard files of `kinds` that the manifest does not list: complete files a failed run
+    wrote but never committed. Afterwards a glob over OUT/samples/ sees committed shards only."""
+    removed = []
+    for kind in kinds:
+        committed = manifest.committed(kind) if manifest is not None else set()
+        for index in store.list_indices(kind):
+            if index not in committed:
+                store.delete(kind, index)
+                removed.append(f"{kind}/{index:05d}")
+    return removed

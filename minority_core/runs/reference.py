@@ -1,0 +1,53 @@
+"""Reference sets: features of real data plus the precomputed kNN side, built once and reused.
+
+Layout under REFERENCE/<extractor>/: `features/shard-00000.parquet` (the real features) and
+`index/` (the saved ReferenceSet: self-kNN radii and LOF densities, docs/DESIGN.md §4-5).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import fsspec
+import numpy as np
+
+from minority_core.io import ShardStore, features_matrix, features_table, sample_id
+
+LOG = logging.getLogger(__name__)
+
+
+def reference_url(reference: str, extractor: str) -> str:
+    """Where the reference set of one extractor lives."""
+    return f"{reference.rstrip('/')}/{extractor}"
+
+
+def reference_exists(reference: str, extractor: str, storage_options: dict) -> bool:
+    fs, path = fsspec.core.url_to_fs(f"{reference_url(reference, extractor)}/index/meta.json", **storage_options)
+    return bool(fs.exists(path))
+
+
+def build_reference_set(
+    source: str, extractor: str, reference: str, storage_options: dict, k_lof: int, k_rarity: int, index: str, device: str,
+    logger: logging.Logger | logging.LoggerAdapter = LOG,
+) -> dict:
+    """Featurise the real data of `source` (bundled:digits, an image folder, or Parquet with an image
+    column), store the features and the precomputed ReferenceSet; returns its URL and size."""
+    from minority_core.io.sources import load_reference_images
+    from minority_core.metrics import ReferenceSet
+    from minority_core.metrics.features import get_extractor
+
+    images = load_reference_images(source, storage_options)
+    features = get_extractor(extractor, device=device)(images)
+    url = reference_url(reference, extractor)
+    store = ShardStore(url, storage_options)
+    store.check_writable()
+    store.write_shard("features", 0, features_table([sample_id(0, i) for i in range(len(features))], features))
+    ReferenceSet.build(features, k_lof=k_lof, k_rarity=k_rarity, index=index).save(f"{url}/index", storage_options)
+    logger.info("reference set %s: %d images, %d-d %s features", url, len(features), features.shape[1], extractor)
+    return {"url": url, "rows": int(len(features)), "dim": int(features.shape[1])}
+
+
+def load_reference_features(reference: str, extractor: str, storage_options: dict) -> np.ndarray:
+    """The real features of a reference set, float32 [N, dim]."""
+    store = ShardStore(reference_url(reference, extractor), storage_options)
+    return features_matrix(store.read_shard(("features", 0), verify=False))
