@@ -105,3 +105,23 @@ def tiny_diffusers_model(tmp_path_factory) -> str:
     unet.save_pretrained(folder / "unet")
     DDPMScheduler(num_train_timesteps=100).save_pretrained(folder / "scheduler")
     return str(folder)
+
+
+# --------------------------------------------------------------------------- markers
+
+SERVICE_FIXTURES = {"prefect_api", "ray_local", "moto_endpoint", "s3_bucket"}
+# modules whose tests each take tens of seconds (real processes, browsers, training, sampling runs)
+SLOW_MODULES = {"test_demo", "test_operations", "test_applications", "test_latent_pipeline", "test_scoring_flows", "test_pipeline", "test_class_labels"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """`integration`: the test starts or talks to a real service (Prefect API, Ray, moto, a
+    browser, a subprocess server); `slow`: its module's tests take tens of seconds each. Select
+    with `-m "not slow"` for a quick loop; CI runs everything."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        in_faults = ".faults." in f".{item.module.__name__}."
+        if SERVICE_FIXTURES & set(item.fixturenames) or in_faults or module in {"test_operations", "test_demo"}:
+            item.add_marker(pytest.mark.integration)
+        if module in SLOW_MODULES or in_faults:
+            item.add_marker(pytest.mark.slow)
