@@ -85,14 +85,6 @@ class DatasetEntry(_Strict):
     schedule: ScheduleEntry = ScheduleEntry()
     tags: list[str] = []
 
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        from minority_core.models import parse_spec
-
-        parse_spec(value)
-        return value
-
     @model_validator(mode="after")
     def _prompts_match_model(self) -> DatasetEntry:
         text_model = self.model.startswith("latent:")

@@ -53,24 +53,24 @@ def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes | Writer)
         fs.pipe_file(path, payload)
         return {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     scratch = os.path.join(tempfile.gettempdir(), f"minority-upload-{uuid.uuid4().hex}")
-    try:
-        stats = _write_file(scratch, data)
-        fs.put_file(scratch, path)
-        return stats
-    finally:
-        _unlink_quietly(scratch)
+    return _write_then(scratch, data, lambda: fs.put_file(scratch, path))
 
 
 def _write_local(fs: fsspec.AbstractFileSystem, path: str, data: bytes | Writer) -> dict[str, Any]:
     parent, name = posixpath.split(path)
     fs.makedirs(parent, exist_ok=True)
     tmp = posixpath.join(parent, f".{name}{TMP_MARK}{uuid.uuid4().hex}")
+    return _write_then(tmp, data, lambda: os.replace(tmp, path))
+
+
+def _write_then(scratch: str, data: bytes | Writer, publish: Callable[[], Any]) -> dict[str, Any]:
+    """Write `scratch`, then `publish` it (rename or upload); the scratch file never outlives the call."""
     try:
-        stats = _write_file(tmp, data)
-        os.replace(tmp, path)
+        stats = _write_file(scratch, data)
+        publish()
         return stats
     finally:
-        _unlink_quietly(tmp)
+        _unlink_quietly(scratch)
 
 
 def _write_file(name: str, data: bytes | Writer) -> dict[str, Any]:
