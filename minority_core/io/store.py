@@ -26,7 +26,7 @@ from minority_core.io.schema import conform_samples, parquet_bytes, upgrade_samp
 
 T = TypeVar("T")
 
-RUN_ENTRIES = ("samples", "features", "scores", "report")  # what `clear()` removes besides the manifest
+RUN_ENTRIES = ("samples", "features", "scores", "selections", "report")  # what `clear()` removes besides the manifest
 
 
 class ShardStore:
@@ -289,11 +289,6 @@ class ShardStore:
         except Exception as err:
             cause = err.__cause__ if isinstance(err, StorageError) and err.__cause__ else err
             raise StorageError(f"output {self.url} is not writable: {_one_line(cause)}{storage_hint(cause)}") from err
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    proto = fs.protocol
-    return (proto,) if isinstance(proto, str) else tuple(proto)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
