@@ -26,6 +26,7 @@ from _common import check_model  # first: env defaults before torch / faiss (DES
 from torch import nn
 
 from minority_core.diffusion.guidance import MinorityGuidance
+from minority_core.diffusion.noise import draw_noise
 from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.models import load_model
 
@@ -77,11 +78,17 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def sample_once(model, loaded, batch: int, steps: int, guidance, generator: torch.Generator) -> None:
+    """One batch as the product samples it: respace, draw the start noise, then the sampler."""
+    grid = loaded.schedule.respace(steps)
+    x = draw_noise((batch, *loaded.shape), generator, "cpu")
+    ancestral_sample(model, x, grid, guidance=guidance, generator=generator)
+
+
 def sample_all(model, loaded, n: int, batch_size: int, steps: int, guidance, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        ancestral_sample(model, loaded.schedule, shape=(b, *loaded.shape), guidance=guidance, steps=steps, generator=generator)
+        sample_once(model, loaded, min(batch_size, n - start), steps, guidance, generator)
 
 
 def main() -> None:
@@ -107,8 +114,7 @@ def main() -> None:
 
     # warm-up (lazy kernel init, allocator): a few steps of each mode on a small batch
     for _, guidance in modes:
-        ancestral_sample(model, loaded.schedule, shape=(min(args.batch_size, 8), *loaded.shape), guidance=guidance, steps=min(args.steps, 10),
-                         generator=torch.Generator().manual_seed(args.seed))
+        sample_once(model, loaded, min(args.batch_size, 8), min(args.steps, 10), guidance, torch.Generator().manual_seed(args.seed))
 
     times: dict[str, list[float]] = {name: [] for name, _ in modes}
     counts: dict[str, tuple[int, int]] = {}

@@ -22,7 +22,9 @@ from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.diffusion.schedule import NoiseSchedule
 from minority_core.models import load_model
 from minority_core.models.adm import build_adm
-from minority_core.models.adm_loader import PAPER_GUIDANCE, ADMSuperResModel, paper_guidance, sample_imagenet256
+from minority_core.models.adm_loader import PAPER_GUIDANCE, ADMSuperResModel, paper_guidance
+from minority_core.models.two_stage import sample_imagenet256
+from tests.sampling_helpers import run_sampler
 
 # Same module structure as the presets, reduced width (head width follows width: no parameter).
 FULL_STRUCTURE = dict(num_channels=32, num_head_channels=32)
@@ -78,7 +80,7 @@ def test_guided_sampling_learned_variance(ckpts) -> None:
     assert loaded.model(x, torch.tensor([10, 500])).shape == (2, 6, 16, 16)  # ε and v: learned Σ
 
     def run(guidance):
-        return ancestral_sample(loaded.model, loaded.schedule, (2, *loaded.shape), guidance=guidance, steps=4,
+        return run_sampler(ancestral_sample, loaded.model, loaded.schedule, (2, *loaded.shape), guidance=guidance, steps=4,
                                 generator=torch.Generator().manual_seed(0))
 
     guided = run(GUIDED)
@@ -93,8 +95,8 @@ def test_class_conditional_labels(ckpts) -> None:
     np.testing.assert_allclose(loaded.schedule.betas, NoiseSchedule.cosine(1000).betas)
     x, t = torch.randn(2, *loaded.shape), torch.tensor([300, 300])
     assert not torch.allclose(loaded.model(x, t, y=torch.tensor([1, 1])), loaded.model(x, t, y=torch.tensor([2, 2])))
-    out = ancestral_sample(loaded.model, loaded.schedule, (2, *loaded.shape), guidance=GUIDED, steps=3,
-                           generator=torch.Generator().manual_seed(0), class_labels=torch.tensor([3, 999]))
+    out = run_sampler(ancestral_sample, loaded.model, loaded.schedule, (2, *loaded.shape), guidance=GUIDED, steps=3,
+                           generator=torch.Generator().manual_seed(0), extra={"y": torch.tensor([3, 999])})
     assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
 
 

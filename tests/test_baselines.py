@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from minority_core.baselines import (
+    ClassifierGuidanceTerm,
     LevelClassifier,
-    boost_and_skip_sample,
-    classifier_guided_sample,
+    boost_and_skip,
     load_level_classifier,
     minority_scores,
     quantile_levels,
@@ -22,6 +22,19 @@ from minority_core.baselines.minority_classifier import level_accuracy
 from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.diffusion.schedule import NoiseSchedule
 from tests.gmm import MEANS, SMALL, STD, WEIGHTS, GaussianMixtureDenoiser
+from tests.sampling_helpers import run_sampler, start
+
+
+def boost_and_skip_sample(model, schedule, shape, *, steps, gamma=4.0, skip=3, generator=None):
+    """Boost-and-Skip as the product composes it: the standard start, boosted and skipped, then ancestral."""
+    x, grid = start(model, schedule, shape, steps, generator)
+    return ancestral_sample(model, *boost_and_skip(x, grid, gamma, skip), generator=generator)
+
+
+def classifier_guided_sample(model, schedule, classifier, shape, *, steps, scale=3.5, target_level=None, generator=None):
+    """Classifier guidance as the product composes it: the ancestral sampler with the classifier's term."""
+    term = ClassifierGuidanceTerm(classifier, scale=scale, target_level=target_level)
+    return run_sampler(ancestral_sample, model, schedule, shape, steps=steps, generator=generator, guidance=term)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +65,7 @@ class RecordingModel(torch.nn.Module):
 def test_boost_and_skip_identity_is_standard_sampling_bit_for_bit(gmm, schedule):
     shape = (64, 2)
     ours = boost_and_skip_sample(gmm, schedule, shape, steps=20, gamma=1.0, skip=0, generator=torch.Generator().manual_seed(3))
-    ref = ancestral_sample(gmm, schedule, shape, guidance=None, steps=20, generator=torch.Generator().manual_seed(3))
+    ref = run_sampler(ancestral_sample, gmm, schedule, shape, guidance=None, steps=20, generator=torch.Generator().manual_seed(3))
     assert torch.equal(ours, ref)
     boosted = boost_and_skip_sample(gmm, schedule, shape, steps=20, generator=torch.Generator().manual_seed(3))
     assert not torch.equal(boosted, ref)
@@ -87,7 +100,7 @@ def test_boost_and_skip_defaults_raise_minority_share_in_high_dimension():
     means = rng.choice([-0.5, 0.5], size=(4, dim))
     schedule = NoiseSchedule.cosine(1000)
     gmm = GaussianMixtureDenoiser(means, WEIGHTS, 0.1, schedule)
-    base = ancestral_sample(gmm, schedule, (n, dim), steps=100, generator=torch.Generator().manual_seed(1))
+    base = run_sampler(ancestral_sample, gmm, schedule, (n, dim), steps=100, generator=torch.Generator().manual_seed(1))
     bns = boost_and_skip_sample(gmm, schedule, (n, dim), steps=100, generator=torch.Generator().manual_seed(1))
     base_share, _ = gmm.component_shares(base)
     bns_share, _ = gmm.component_shares(bns)
@@ -205,7 +218,7 @@ def test_classifier_guided_sampling_runs_on_digits(digits, trained):
     loaded, _, _ = digits
     classifier, _ = trained
     x = classifier_guided_sample(loaded.model, loaded.schedule, classifier, (8, 1, 8, 8), scale=10.0, steps=10, generator=torch.Generator().manual_seed(0))
-    base = ancestral_sample(loaded.model, loaded.schedule, (8, 1, 8, 8), steps=10, generator=torch.Generator().manual_seed(0))
+    base = run_sampler(ancestral_sample, loaded.model, loaded.schedule, (8, 1, 8, 8), steps=10, generator=torch.Generator().manual_seed(0))
     assert x.shape == (8, 1, 8, 8) and torch.isfinite(x).all() and not torch.equal(x, base)
 
 
@@ -230,7 +243,7 @@ class ExactLevelPosterior(torch.nn.Module):
 
 
 def test_classifier_guidance_scale_zero_is_standard_sampling(gmm, schedule):
-    ref = ancestral_sample(gmm, schedule, (64, 2), steps=20, generator=torch.Generator().manual_seed(3))
+    ref = run_sampler(ancestral_sample, gmm, schedule, (64, 2), steps=20, generator=torch.Generator().manual_seed(3))
     ours = classifier_guided_sample(gmm, schedule, ExactLevelPosterior(gmm), (64, 2), scale=0.0, steps=20, generator=torch.Generator().manual_seed(3))
     assert torch.equal(ours, ref)
 
@@ -241,7 +254,7 @@ def test_classifier_guidance_with_exact_classifier_samples_the_minority_conditio
     # Seen when written (n=2000, 100 steps): minority mass 0.19 → 0.984, 2:3 = 0.733:0.251, off-mode 1.2 %;
     # mean minority score (l2) 0.61 → 0.91 (minority-component samples score 0.92 vs 0.54).
     n = 2000
-    base = ancestral_sample(gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(1))
+    base = run_sampler(ancestral_sample, gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(1))
     guided = classifier_guided_sample(gmm, schedule, ExactLevelPosterior(gmm), (n, 2), scale=1.0, steps=100, generator=torch.Generator().manual_seed(1))
     base_share, _ = gmm.component_shares(base)
     share, off = gmm.component_shares(guided)

@@ -46,6 +46,24 @@ def test_respace_250_grid_matches_improved_ddpm():
     np.testing.assert_allclose(r.alphas_cumprod, NoiseSchedule.linear(1000).alphas_cumprod[r.timesteps], rtol=1e-12)
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 10])
+def test_truncate_keeps_the_first_indices_bit_for_bit(n):
+    """Boost-and-Skip's shortened grid: indices 0 … n−1 keep their ᾱ, timesteps and variances."""
+    grid = NoiseSchedule.cosine(1000).respace(10)
+    short = grid.truncate(n)
+    assert len(short) == n and short.timesteps.tolist() == grid.timesteps[:n].tolist()
+    assert np.array_equal(short.alphas_cumprod, grid.alphas_cumprod[:n])
+    assert np.array_equal(short.posterior_log_variance_clipped, grid.posterior_log_variance_clipped[:n])
+    v = torch.tensor([-0.5, 0.3])
+    for i in range(n):
+        assert short.fixed_log_variance(i) == grid.fixed_log_variance(i)
+        assert torch.equal(short.learned_log_variance(i, v), grid.learned_log_variance(i, v))
+    large = NoiseSchedule(np.linspace(0.01, 0.2, 10), fixed_variance="fixed_large")
+    assert large.truncate(n).fixed_log_variance(0) == large.fixed_log_variance(0)
+    with pytest.raises(ValueError, match="n must be an integer in"):
+        grid.truncate(0)
+
+
 def test_posterior_variance_and_mean_hand_computed():
     s = NoiseSchedule(np.linspace(0.01, 0.2, 10))
     b = np.linspace(0.01, 0.2, 10)

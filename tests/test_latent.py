@@ -11,14 +11,8 @@ import pytest
 import torch
 
 from minority_core.diffusion.guidance import MinorityGuidance, l2_distance, minority_gradient
-from minority_core.models.latent import (
-    ByteTokenizer,
-    TinyTextEncoder,
-    expand_prompts,
-    load_latent_pipeline,
-    shard_prompts,
-)
-from tests.tiny_latent import HAS_TRANSFORMERS, IMAGE, PROMPTS, build_tiny_pipeline
+from minority_core.models.latent import expand_prompts, load_latent_pipeline, register_component, shard_prompts
+from tests.tiny_latent import HAS_TRANSFORMERS, IMAGE, PROMPTS, ByteTokenizer, TinyTextEncoder, build_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +121,7 @@ def test_lpips_distance_is_refused_on_latents(pipe):
 
 
 def test_stand_in_text_encoder_pipeline_loads_and_samples(tmp_path):
-    """Without transformers: the module's own tiny text encoder + byte tokenizer, saved and loaded."""
+    """Without transformers: the tests' tiny text encoder + byte tokenizer, registered by name, saved and loaded."""
     pipe = load_latent_pipeline(build_tiny_pipeline(tmp_path, "own"))
     assert isinstance(pipe.text_encoder, TinyTextEncoder) and isinstance(pipe.tokenizer, ByteTokenizer)
     images = pipe.sample(PROMPTS, MinorityGuidance(scale=1.0, every=1), steps=3, cfg_scale=2.0, generator=seed(0))
@@ -147,3 +141,15 @@ def test_loader_errors_are_one_line(tmp_path):
     (tmp_path / "p" / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="only diffusers, transformers and minority_core"):
         load_latent_pipeline(folder)
+
+
+def test_only_registered_minority_core_classes_load(tmp_path):
+    """A folder naming an unregistered minority_core class is refused, naming the registry."""
+    folder = build_tiny_pipeline(tmp_path, "own")
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["text_encoder"] = ["minority_core", "SomethingElse"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="not registered.*register_component"):
+        load_latent_pipeline(folder)
+    with pytest.raises(ValueError, match="from_pretrained"):
+        register_component("Nothing", object)

@@ -13,6 +13,7 @@ from minority_core.diffusion.guidance import MinorityGuidance, minority_loss
 from minority_core.diffusion.lpips import ALEXNET_FILE, CHANNELS, LPIPS, AlexNetFeatures, load_lpips, lpips_heads_path
 from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.diffusion.schedule import NoiseSchedule
+from tests.sampling_helpers import run_sampler
 
 SHAPE = (2, 3, 32, 32)
 
@@ -66,7 +67,7 @@ def test_missing_alexnet_weights_is_a_one_line_file_not_found(tmp_path, monkeypa
 
     guidance = MinorityGuidance(scale=1.0, distance="lpips")
     with pytest.raises(FileNotFoundError) as sampled:  # raised by resolve_distance, before any step
-        ancestral_sample(LinearEps(), NoiseSchedule.linear(1000), SHAPE, guidance=guidance, steps=3, generator=seed(0))
+        run_sampler(ancestral_sample, LinearEps(), NoiseSchedule.linear(1000), SHAPE, guidance=guidance, steps=3, generator=seed(0))
     assert str(sampled.value) == message
 
 
@@ -115,9 +116,9 @@ def test_distance_is_zero_on_identical_positive_otherwise_and_symmetric(stand_in
 def test_guided_ancestral_sampling_with_lpips_runs(stand_in):
     schedule = NoiseSchedule.linear(1000)
     guidance = MinorityGuidance(scale=1.0, every=1, distance="lpips")
-    guided = ancestral_sample(LinearEps(), schedule, SHAPE, guidance=guidance, steps=4, generator=seed(0))
-    again = ancestral_sample(LinearEps(), schedule, SHAPE, guidance=guidance, steps=4, generator=seed(0))
-    l2 = ancestral_sample(LinearEps(), schedule, SHAPE, guidance=MinorityGuidance(scale=1.0, every=1), steps=4, generator=seed(0))
+    guided = run_sampler(ancestral_sample, LinearEps(), schedule, SHAPE, guidance=guidance, steps=4, generator=seed(0))
+    again = run_sampler(ancestral_sample, LinearEps(), schedule, SHAPE, guidance=guidance, steps=4, generator=seed(0))
+    l2 = run_sampler(ancestral_sample, LinearEps(), schedule, SHAPE, guidance=MinorityGuidance(scale=1.0, every=1), steps=4, generator=seed(0))
     assert guided.shape == SHAPE and torch.isfinite(guided).all()
     assert torch.equal(guided, again)
     assert not torch.allclose(guided, l2)  # the LPIPS distance, not L2, drove the guidance

@@ -14,12 +14,13 @@ from minority_core.diffusion.guidance import MinorityGuidance
 from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.metrics.features import DemoClassifierFeatures
 from minority_core.models import BUNDLED_DIR, load_model
+from tests.sampling_helpers import run_sampler
 
 
 def test_bundled_model_loads_and_samples_digits():
     m = load_model("bundled:digits")
     assert m.shape == (1, 8, 8) and m.num_classes is None and len(m.schedule) == 1000
-    x = ancestral_sample(m.model, m.schedule, (32, *m.shape), steps=50, generator=torch.Generator().manual_seed(0))
+    x = run_sampler(ancestral_sample, m.model, m.schedule, (32, *m.shape), steps=50, generator=torch.Generator().manual_seed(0))
     assert x.shape == (32, 1, 8, 8) and torch.isfinite(x).all()
     labels, confidence = DemoClassifierFeatures().predict(x.clamp(-1, 1))
     # A trained model: most samples are digits the classifier is sure about (96 % at 100 steps).
@@ -29,14 +30,14 @@ def test_bundled_model_loads_and_samples_digits():
 def test_bundled_model_guided_sampling_runs():
     m = load_model("bundled:digits")
     g = MinorityGuidance(scale=3.0, perturb_ratio=0.4, every=2, stop_ratio=0.5)
-    x = ancestral_sample(m.model, m.schedule, (8, *m.shape), guidance=g, steps=20, generator=torch.Generator().manual_seed(0))
+    x = run_sampler(ancestral_sample, m.model, m.schedule, (8, *m.shape), guidance=g, steps=20, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all()
 
 
 def test_diffusers_folder_loads_and_samples(tiny_diffusers_model):
     m = load_model(f"diffusers:{tiny_diffusers_model}")
     assert m.shape == (1, 8, 8) and len(m.schedule) == 100
-    x = ancestral_sample(m.model, m.schedule, (4, *m.shape), guidance=MinorityGuidance(scale=1.0, every=1), steps=10, generator=torch.Generator().manual_seed(0))
+    x = run_sampler(ancestral_sample, m.model, m.schedule, (4, *m.shape), guidance=MinorityGuidance(scale=1.0, every=1), steps=10, generator=torch.Generator().manual_seed(0))
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
 
 

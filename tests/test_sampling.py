@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from minority_core.diffusion.guidance import MinorityGuidance, l2_distance, minority_gradient, minority_loss
-from minority_core.diffusion.samplers import NonFiniteSampleError, ancestral_sample, ddim_sample
+from minority_core.diffusion.samplers import ancestral_sample, ddim_sample
 from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.errors import NonFiniteSampleError
 from tests.gmm import MEANS, SMALL, STD, WEIGHTS, GaussianMixtureDenoiser
+from tests.sampling_helpers import run_sampler
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,7 @@ def gmm(schedule):
 
 def test_unguided_sampling_reproduces_mixture_weights(gmm, schedule):
     n = 4000
-    x = ancestral_sample(gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(0))
+    x = run_sampler(ancestral_sample, gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(0))
     share, off = gmm.component_shares(x)
     tolerance = 4 * np.sqrt(np.array(WEIGHTS) * (1 - np.array(WEIGHTS)) / n)  # 4 binomial sigmas
     assert np.all(np.abs(share - WEIGHTS) < tolerance), share
@@ -36,8 +38,8 @@ def test_unguided_sampling_reproduces_mixture_weights(gmm, schedule):
 def test_guidance_raises_minority_share_and_stays_on_manifold(gmm, schedule):
     n = 3000
     guidance = MinorityGuidance(scale=6.0, every=5)
-    base = ancestral_sample(gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(1))
-    guided = ancestral_sample(gmm, schedule, (n, 2), guidance=guidance, steps=100, generator=torch.Generator().manual_seed(1))
+    base = run_sampler(ancestral_sample, gmm, schedule, (n, 2), steps=100, generator=torch.Generator().manual_seed(1))
+    guided = run_sampler(ancestral_sample, gmm, schedule, (n, 2), guidance=guidance, steps=100, generator=torch.Generator().manual_seed(1))
     base_share, _ = gmm.component_shares(base)
     guided_share, off = gmm.component_shares(guided)
     factor = guided_share[SMALL].sum() / base_share[SMALL].sum()
@@ -67,16 +69,16 @@ def reference_ancestral(model, schedule, shape, steps, seed):
 
 
 def test_guidance_none_is_plain_ancestral_sampling_bit_for_bit(gmm, schedule):
-    ours = ancestral_sample(gmm, schedule, (64, 2), guidance=None, steps=20, generator=torch.Generator().manual_seed(3))
+    ours = run_sampler(ancestral_sample, gmm, schedule, (64, 2), guidance=None, steps=20, generator=torch.Generator().manual_seed(3))
     ref = reference_ancestral(gmm, schedule, (64, 2), 20, seed=3)
     assert torch.equal(ours, ref)
 
 
 @pytest.mark.parametrize("guidance", [None, MinorityGuidance(scale=2.0, every=2)])
 def test_same_seed_same_samples(gmm, schedule, guidance):
-    a = ancestral_sample(gmm, schedule, (32, 2), guidance=guidance, steps=20, generator=torch.Generator().manual_seed(7))
-    b = ancestral_sample(gmm, schedule, (32, 2), guidance=guidance, steps=20, generator=torch.Generator().manual_seed(7))
-    c = ancestral_sample(gmm, schedule, (32, 2), guidance=guidance, steps=20, generator=torch.Generator().manual_seed(8))
+    a = run_sampler(ancestral_sample, gmm, schedule, (32, 2), guidance=guidance, steps=20, generator=torch.Generator().manual_seed(7))
+    b = run_sampler(ancestral_sample, gmm, schedule, (32, 2), guidance=guidance, steps=20, generator=torch.Generator().manual_seed(7))
+    c = run_sampler(ancestral_sample, gmm, schedule, (32, 2), guidance=guidance, steps=20, generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -97,7 +99,7 @@ def test_guided_steps_are_exactly_those_selected(gmm, schedule, every, stop_rati
     steps = 40
     model = RecordingModel(gmm)
     guidance = MinorityGuidance(scale=1.0, every=every, stop_ratio=stop_ratio, perturb_ratio=0.8)
-    ancestral_sample(model, schedule, (8, 2), guidance=guidance, steps=steps, generator=torch.Generator().manual_seed(0))
+    run_sampler(ancestral_sample, model, schedule, (8, 2), guidance=guidance, steps=steps, generator=torch.Generator().manual_seed(0))
     grid = schedule.respace(steps)
     index_of = {int(t): i for i, t in enumerate(grid.timesteps)}
     guided = sorted({index_of[t] for t, with_grad in model.calls if with_grad})
@@ -164,7 +166,7 @@ def test_var_versus_fixed_scale_type(gmm, schedule, learned):
     for scale_type in ("var", "fixed"):
         guidance = MinorityGuidance(scale=1.5, every=1, scale_type=scale_type)
         seen = {}
-        ancestral_sample(model, schedule, shape, guidance=guidance, steps=steps, generator=torch.Generator().manual_seed(4), callback=lambda i, x, x0, seen=seen: seen.setdefault(i, x.clone()), clip_range=None)
+        run_sampler(ancestral_sample, model, schedule, shape, guidance=guidance, steps=steps, generator=torch.Generator().manual_seed(4), callback=lambda i, x, x0, seen=seen: seen.setdefault(i, x.clone()), clip_range=None)
         results[scale_type] = seen[1]
     grid = schedule.respace(steps)
     gen = torch.Generator().manual_seed(4)
@@ -186,19 +188,19 @@ class LearnedVarianceModel(torch.nn.Module):
 
 
 def test_learned_variance_model_samples(gmm, schedule):
-    x = ancestral_sample(LearnedVarianceModel(gmm, -1.0), schedule, (500, 2), steps=50, generator=torch.Generator().manual_seed(0))
+    x = run_sampler(ancestral_sample, LearnedVarianceModel(gmm, -1.0), schedule, (500, 2), steps=50, generator=torch.Generator().manual_seed(0))
     share, off = gmm.component_shares(x)
     assert off < 0.02 and share[0] > 0.25
 
 
 def test_ddim_reproduces_mixture_and_guidance_extension_works(gmm, schedule):
     n = 2000
-    x = ddim_sample(gmm, schedule, (n, 2), steps=50, eta=0.0, generator=torch.Generator().manual_seed(0))
+    x = run_sampler(ddim_sample, gmm, schedule, (n, 2), steps=50, eta=0.0, generator=torch.Generator().manual_seed(0))
     share, off = gmm.component_shares(x)
     assert np.all(np.abs(share - WEIGHTS) < 4 * np.sqrt(np.array(WEIGHTS) * (1 - np.array(WEIGHTS)) / n) + 0.02)
     assert off < 0.02
-    guided = ddim_sample(gmm, schedule, (n, 2), guidance=MinorityGuidance(scale=3.0, every=2), steps=50, eta=1.0, generator=torch.Generator().manual_seed(0))
-    base = ddim_sample(gmm, schedule, (n, 2), steps=50, eta=1.0, generator=torch.Generator().manual_seed(0))
+    guided = run_sampler(ddim_sample, gmm, schedule, (n, 2), guidance=MinorityGuidance(scale=3.0, every=2), steps=50, eta=1.0, generator=torch.Generator().manual_seed(0))
+    base = run_sampler(ddim_sample, gmm, schedule, (n, 2), steps=50, eta=1.0, generator=torch.Generator().manual_seed(0))
     assert gmm.component_shares(guided)[0][SMALL].sum() > 1.3 * gmm.component_shares(base)[0][SMALL].sum()
 
 
@@ -208,7 +210,7 @@ def test_non_finite_values_raise_and_name_the_setting(schedule):
             return torch.full_like(x, float("nan")) if int(t[0]) < 500 else torch.zeros_like(x)
 
     with pytest.raises(NonFiniteSampleError, match="NaN/inf at step"):
-        ancestral_sample(Exploding(), schedule, (4, 2), steps=10, generator=torch.Generator().manual_seed(0))
+        run_sampler(ancestral_sample, Exploding(), schedule, (4, 2), steps=10, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize(
@@ -239,11 +241,11 @@ def test_wrong_model_output_shape_is_reported(schedule):
             return torch.zeros(x.shape[0], 3, device=x.device)
 
     with pytest.raises(ValueError, match="returned 3 channels for a 2-channel input"):
-        ancestral_sample(ThreeChannels(), schedule, (4, 2), steps=5)
+        run_sampler(ancestral_sample, ThreeChannels(), schedule, (4, 2), steps=5)
 
 
 def test_bad_shape_and_labels(gmm, schedule):
     with pytest.raises(ValueError, match="shape must be"):
-        ancestral_sample(gmm, schedule, (4,), steps=5)
+        run_sampler(ancestral_sample, gmm, schedule, (4,), steps=5)
     with pytest.raises(ValueError, match="class_labels must have shape"):
-        ancestral_sample(gmm, schedule, (4, 2), steps=5, class_labels=torch.zeros(3, dtype=torch.long))
+        run_sampler(ancestral_sample, gmm, schedule, (4, 2), steps=5, extra={"y": torch.zeros(3, dtype=torch.long)})

@@ -1,17 +1,18 @@
 """Baselines the self-guided method is compared against (DESIGN §1, last paragraph).
 
-- `boost_and_skip`: Boost-and-Skip (Um, Kim & Ye, ICML 2025): guidance-free; boosted initial
-  noise and the first Δt steps of the grid skipped, then plain ancestral sampling.
-- `minority_classifier`: minority guidance (Um, Lee & Ye, ICLR 2024): minority scores of real
-  data → quantile levels → a noise-conditional level classifier → classifier guidance.
+Each composes the plain samplers of `minority_core.diffusion` rather than having one of its own:
 
-Both run on the same model interface and respaced grids as `minority_core.diffusion.samplers`.
+- Boost-and-Skip (Um, Kim & Ye, ICML 2025): guidance-free; `boost_and_skip(noise, grid)` gives
+  the boosted start and the grid with its first Δt steps skipped, for plain ancestral sampling.
+- Minority guidance (Um, Lee & Ye, ICLR 2024): minority scores of real data → quantile levels →
+  a noise-conditional level classifier (`minority_classifier`) → classifier guidance, the
+  `ClassifierGuidanceTerm` passed to the ancestral sampler as its `guidance`.
 """
 
-from minority_core.baselines.boost_and_skip import boost_and_skip_sample
+from minority_core.baselines.boost_and_skip import boost_and_skip
+from minority_core.baselines.classifier_guidance import ClassifierGuidanceTerm
 from minority_core.baselines.minority_classifier import (
     LevelClassifier,
-    classifier_guided_sample,
     load_level_classifier,
     minority_scores,
     quantile_levels,
@@ -20,9 +21,9 @@ from minority_core.baselines.minority_classifier import (
 )
 
 __all__ = [
-    "boost_and_skip_sample",
+    "boost_and_skip",
+    "ClassifierGuidanceTerm",
     "LevelClassifier",
-    "classifier_guided_sample",
     "load_level_classifier",
     "minority_scores",
     "quantile_levels",

@@ -16,10 +16,11 @@ The predecessor of the self-guided method (DESIGN §1): it needs a classifier tr
    (0 … T−1), as their `classifier_train.py` (`noised=True`, uniform schedule sampler). Theirs is
    an ADM encoder head over a frozen ADM ImageNet classifier's features; ours is a tiny CNN with
    a timestep embedding (adequate for the 8×8 demo; a weaker classifier than theirs on ADM data).
-4. `classifier_guided_sample`: ancestral sampling with Dhariwal & Nichol classifier guidance
-   toward the top level: μ ← μ + s · Σ · ∇_{x_t} log p(level | x_t, t), Σ the step's variance
-   (learned or fixed), the classifier called with the original-grid timestep (their `cond_fn`
-   under ADM's respacing wrapper). Reference scale s = 3.5 (LSUN-Bedrooms, class 99 of 100).
+4. Guided sampling: `ClassifierGuidanceTerm` (`minority_core.baselines.classifier_guidance`), the
+   Dhariwal & Nichol classifier guidance toward the top level, added to the plain ancestral
+   sampler. Reference scale s = 3.5 (LSUN-Bedrooms, class 99 of 100).
+
+This module holds steps 1-3 (the offline preparation: scores, levels, the trained classifier).
 
 Levels on the demo: the authors use L = 100 on datasets of 10⁵+ images. The digits model was
 trained on 1203 images: 100 levels would leave ~12 images per level (the top level, the one we
@@ -42,8 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minority_core.diffusion.guidance import l2_distance
-from minority_core.diffusion.model_api import DenoisingModel, ModelOutput, call_model, model_device
-from minority_core.diffusion.samplers import StepCallback, ancestral_sample
+from minority_core.diffusion.model_api import DenoisingModel, call_model, model_device
+from minority_core.diffusion.noise import draw_noise
 from minority_core.diffusion.schedule import NoiseSchedule
 from minority_core.errors import InputError
 
@@ -53,11 +54,11 @@ SCORE_PERTURB_INDEX = 60
 SCORE_DRAWS = 5
 DEFAULT_LEVELS = 100
 DIGITS_LEVELS = 10
-DEFAULT_SCALE = 3.5  # ADM LSUN-Bedrooms in the authors' README
-# Tuned on bundled:digits (100 steps, 300 samples, L = 10, classifier trained 3000 steps). Rare-class
-# share / confident (> 0.9), mean of seeds 0 and 1: standard 4.5 % / 96 %; s = 3.5: 11.3 % / 89 %;
-# s = 10: 16.2 % / 87 %. Seed 0 only: s = 1: 9.3 % / 90 %; s = 30: 21.0 % / 89 % but collapsing onto
-# class 8 (60 eights, 3 nines of 300). s = 10 is the knee: most of the gain, both rare classes.
+# The guidance scale s (classifier_guidance.py) tuned on bundled:digits (100 steps, 300 samples, L = 10,
+# classifier trained 3000 steps). Rare-class share / confident (> 0.9), mean of seeds 0 and 1: standard
+# 4.5 % / 96 %; s = 3.5: 11.3 % / 89 %; s = 10: 16.2 % / 87 %. Seed 0 only: s = 1: 9.3 % / 90 %; s = 30:
+# 21.0 % / 89 % but collapsing onto class 8 (60 eights, 3 nines of 300). s = 10 is the knee: most of
+# the gain, both rare classes.
 DIGITS_SCALE = 10.0
 
 WEIGHTS_FILE = "level_classifier.safetensors"
@@ -116,9 +117,9 @@ def minority_scores(
             y = None if class_labels is None else class_labels[start : start + batch_size].to(device)
             total = torch.zeros(x0.shape[0], dtype=torch.float64, device=device)
             for _ in range(draws):
-                noise = _randn(x0.shape, generator, device)
+                noise = draw_noise(x0.shape, generator, device)
                 x_s = grid.q_sample(x0, perturb_index, noise)
-                x0_hat = grid.predict_x0(x_s, perturb_index, call_model(model, x_s, grid, perturb_index, y).eps)
+                x0_hat = grid.predict_x0(x_s, perturb_index, call_model(model, x_s, grid, perturb_index, None if y is None else {"y": y}).eps)
                 if clip_range is not None:
                     x0_hat = x0_hat.clamp(*clip_range)
                 total += dist(x0, x0_hat).double()
@@ -290,58 +291,6 @@ def level_accuracy(
     return float((logits.argmax(1) == y).float().mean())
 
 
-# --------------------------------------------------------------------------- guided sampling
-
-
-def classifier_guided_sample(
-    model: DenoisingModel,
-    schedule: NoiseSchedule,
-    classifier: nn.Module,
-    shape: tuple[int, ...],
-    target_level: int | None = None,
-    scale: float = DEFAULT_SCALE,
-    steps: int = 250,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    class_labels: torch.Tensor | None = None,
-    clip_range: tuple[float, float] | None = (-1.0, 1.0),
-    device: torch.device | str | None = None,
-    callback: StepCallback | None = None,
-) -> torch.Tensor:
-    """Ancestral sampling with classifier guidance toward `target_level` (default: the top level).
-
-    At every step μ ← μ + scale · Σ · ∇_{x_t} log p(target | x_t, t) (Dhariwal & Nichol 2021,
-    ADM's `condition_mean`), Σ the step's variance. `classifier(x_t, t)` returns logits over
-    levels; t is the original-grid timestep. Draws from `generator` exactly as standard ancestral
-    sampling does (the classifier draws nothing), so scale = 0 reproduces it bit for bit.
-    Cost per step: one model forward + one classifier forward and backward.
-    """
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise InputError(f"scale must be a finite number ≥ 0, got {scale!r}")
-    num_levels = getattr(classifier, "num_levels", None)
-    if target_level is None:
-        if num_levels is None:
-            raise InputError("target_level is required for a classifier without a num_levels attribute")
-        target_level = num_levels - 1
-    if not _is_int(target_level) or target_level < 0 or (num_levels is not None and target_level >= num_levels):
-        raise InputError(f"target_level must be an integer in [0, {num_levels - 1 if num_levels else '…'}], got {target_level!r}")
-
-    def shift(x: torch.Tensor, i: int, grid: NoiseSchedule, out: ModelOutput, variance: torch.Tensor | float) -> torch.Tensor:
-        if scale == 0:
-            return torch.zeros_like(x)
-        t = grid.model_timestep(i, x.shape[0], x.device)
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_probs = F.log_softmax(classifier(x_in, t).float(), dim=-1)
-            (grad,) = torch.autograd.grad(log_probs[:, target_level].sum(), x_in)
-        return scale * variance * grad.to(x.dtype)
-
-    return ancestral_sample(
-        model, schedule, shape, steps=steps, generator=generator, progress=progress, class_labels=class_labels,
-        clip_range=clip_range, device=device, mean_shift=shift if scale != 0 else None, callback=callback,
-    )
-
-
 # --------------------------------------------------------------------------- persistence
 
 
@@ -392,11 +341,6 @@ def _as_tensor(values) -> torch.Tensor:
         return values.detach()
     values = np.ascontiguousarray(values)
     return torch.from_numpy(values if values.flags.writeable else values.copy())
-
-
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    source = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=source).to(device)
 
 
 def _jsonable(value):

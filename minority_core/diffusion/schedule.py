@@ -23,16 +23,25 @@ FixedVariance = Literal["fixed_small", "fixed_large"]
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """A discrete VP noise schedule, possibly a respaced sub-grid of a longer training schedule."""
+    """A discrete VP noise schedule, possibly a respaced sub-grid of a longer training schedule.
+
+    `beta_tilde_1` is the β̃_1 that stands in for β̃_0 = 0 at index 0 (ADM's clipped log-variance);
+    left unset it is computed from index 1. `truncate` sets it, so a grid cut to its first n
+    indices keeps every variance of the grid it was cut from, even at n = 1.
+    """
 
     betas: np.ndarray
     timesteps: np.ndarray = field(default=None)  # type: ignore[assignment]
     fixed_variance: FixedVariance = "fixed_small"
+    beta_tilde_1: float | None = None
 
     def __post_init__(self) -> None:
         betas = np.asarray(self.betas, dtype=np.float64)
-        if betas.ndim != 1 or len(betas) < 2:
-            raise InputError(f"betas must be a 1-D array of at least 2 values, got shape {betas.shape}")
+        minimum = 1 if self.beta_tilde_1 is not None else 2  # index 0's variance needs β̃_1
+        if betas.ndim != 1 or len(betas) < minimum:
+            raise InputError(f"betas must be a 1-D array of at least {'2 values' if minimum == 2 else '1 value'}, got shape {betas.shape}")
+        if self.beta_tilde_1 is not None and not (isinstance(self.beta_tilde_1, (int, float)) and 0 < self.beta_tilde_1 <= 1):
+            raise InputError(f"beta_tilde_1 must be a number in (0, 1], got {self.beta_tilde_1!r}")
         if not np.all((betas > 0) & (betas <= 1)):
             raise InputError("betas must lie in (0, 1]; check the schedule's beta_start/beta_end")
         if self.fixed_variance not in ("fixed_small", "fixed_large"):
@@ -82,6 +91,18 @@ class NoiseSchedule:
         previous = np.concatenate([[1.0], kept_alphas[:-1]])
         return NoiseSchedule(1.0 - kept_alphas / previous, self.timesteps[keep], self.fixed_variance)
 
+    def truncate(self, n: int) -> NoiseSchedule:
+        """The first n indices of this grid (0 … n−1), with their ᾱ, timesteps and variances.
+
+        A sampler walking the result starts at index n−1 of this grid, skipping the later ones
+        (Boost-and-Skip). The ᾱ are bit for bit this grid's: a cumulative product's prefix.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= len(self):
+            raise InputError(f"n must be an integer in [1, {len(self)}] to truncate this {len(self)}-step grid, got {n!r}")
+        if n == len(self):
+            return self
+        return NoiseSchedule(self.betas[:n], self.timesteps[:n], self.fixed_variance, self._beta_tilde_1())
+
     # -- derived arrays (cheap; recomputed on access to keep the dataclass the single truth) ---
 
     def __len__(self) -> int:
@@ -104,7 +125,10 @@ class NoiseSchedule:
     def posterior_log_variance_clipped(self) -> np.ndarray:
         """log β̃_t with β̃_0 = 0 replaced by β̃_1, as ADM does (log 0 would be −inf)."""
         var = self.posterior_variance
-        return np.log(np.concatenate([[var[1]], var[1:]]))
+        return np.log(np.concatenate([[self._beta_tilde_1()], var[1:]]))
+
+    def _beta_tilde_1(self) -> float:
+        return float(self.posterior_variance[1]) if self.beta_tilde_1 is None else self.beta_tilde_1
 
     # -- per-step math on tensors ----------------------------------------------------------------
 
@@ -139,7 +163,7 @@ class NoiseSchedule:
         if self.fixed_variance == "fixed_small":
             return float(self.posterior_log_variance_clipped[i])
         # ADM's fixed-large uses β̃_1 at the first step so the last sample is not over-noised.
-        return float(math.log(self.posterior_variance[1] if i == 0 else self.betas[i]))
+        return float(math.log(self._beta_tilde_1() if i == 0 else self.betas[i]))
 
     def learned_log_variance(self, i: int, v: torch.Tensor) -> torch.Tensor:
         """ADM's learned range: log Σ = f·log β_t + (1−f)·log β̃_t with f = (v + 1) / 2."""

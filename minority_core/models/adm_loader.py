@@ -1,6 +1,6 @@
 """`adm:PATH` specs: guided-diffusion (ADM) checkpoints as DESIGN §3 models, plus the paper's
-guidance defaults per preset and the two-stage ImageNet-256 sampler (guided 64 px, then the
-unguided 64→256 upsampler, as guided-diffusion's super_res_sample does).
+guidance defaults per preset. (The two-stage ImageNet-256 sampler that runs a loaded base model
+and upsampler is `minority_core.models.two_stage`.)
 
 A checkpoint is a bare state_dict (`.pt` read with `torch.load(weights_only=True)`, or
 `.safetensors`); it does not say which architecture it needs, so a preset (or a full set of
@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from minority_core.diffusion.guidance import MinorityGuidance
-from minority_core.diffusion.samplers import ancestral_sample
+from minority_core.config.guidance import MinorityGuidance
 from minority_core.diffusion.schedule import NoiseSchedule
 from minority_core.errors import InputError, MissingFileError
 from minority_core.models import LoadedModel
@@ -30,10 +29,8 @@ from minority_core.models.adm import ADM_PRESETS, ADMSuperResUNet, ADMUNet, _arc
 __all__ = [
     "ADMSuperResModel",
     "PAPER_GUIDANCE",
-    "draw_class_labels",
     "load_adm",
     "paper_guidance",
-    "sample_imagenet256",
 ]
 
 # Diffusion-side flags (the rest are architecture flags, passed to build_adm).
@@ -265,63 +262,3 @@ def _small_size(preset: str | None, unet_flags: dict[str, Any], flags: dict[str,
     if not reference.get("small_size"):  # super_res=true on a preset that is not an upsampler
         raise InputError(f"super_res=true with preset {preset} needs small_size (the low-resolution input size): add --adm-flag small_size=N")
     return max(1, reference["small_size"] * size // reference["image_size"])
-
-
-# --------------------------------------------------------------------------- two-stage sampling
-
-
-def sample_imagenet256(
-    base: LoadedModel,
-    upsampler: LoadedModel,
-    n: int,
-    guidance: MinorityGuidance | None,
-    steps: int = 250,
-    generator: torch.Generator | None = None,
-    class_labels: Tensor | None = None,
-    upsampler_steps: int | None = None,
-    progress: bool = False,
-) -> Tensor:
-    """Guided 64 px samples from `base`, then `upsampler` (unguided) conditioned on them.
-
-    Labels, drawn uniformly from `generator` unless given, condition both stages. The 64 px
-    samples are clipped and rounded to 8 bits before upsampling, as guided-diffusion's
-    super_res_sample reads them from saved images. Returns [n, 3, H, W] at the upsampler's size.
-    """
-    sr = upsampler.model
-    if not isinstance(sr, ADMSuperResModel):
-        raise InputError(f"{upsampler.spec} is not an ADM upsampler: load it with preset imagenet64to256")
-    if base.shape[1:] != (sr.small_size, sr.small_size):
-        raise InputError(f"the upsampler takes {sr.small_size} px inputs but {base.spec} makes {base.shape[1]} px samples")
-    labels = _class_labels(base, upsampler, n, generator, class_labels)
-    low = ancestral_sample(base.model, base.schedule, (n, *base.shape), guidance=guidance, steps=steps,
-                           generator=generator, progress=progress, class_labels=labels)
-    with sr.conditioned_on(_as_8bit(low)):
-        return ancestral_sample(sr, upsampler.schedule, (n, *upsampler.shape), guidance=None,
-                                steps=upsampler_steps or steps, generator=generator, progress=progress, class_labels=labels)
-
-
-def _class_labels(base: LoadedModel, upsampler: LoadedModel, n: int, generator: torch.Generator | None, given: Tensor | None) -> Tensor | None:
-    """The labels both stages share: given ones, else uniform draws from `generator`."""
-    if base.num_classes != upsampler.num_classes:
-        raise InputError(f"the base model has {base.num_classes} classes but the upsampler {upsampler.num_classes}")
-    if base.num_classes is None:
-        if given is not None:
-            raise InputError("class_labels given but the models are unconditional")
-        return None
-    if given is None:
-        return draw_class_labels(base.num_classes, n, generator)
-    given = torch.as_tensor(given, dtype=torch.long)
-    if given.shape != (n,) or given.min() < 0 or given.max() >= base.num_classes:
-        raise InputError(f"class_labels must be {n} integers in [0, {base.num_classes})")
-    return given
-
-
-def draw_class_labels(num_classes: int, n: int, generator: torch.Generator | None = None) -> Tensor:
-    """n labels uniform over the classes, drawn from `generator` (on its device) so a seed fixes them."""
-    device = generator.device if generator is not None else "cpu"
-    return torch.randint(num_classes, (n,), generator=generator, device=device)
-
-
-def _as_8bit(x: Tensor) -> Tensor:
-    """[-1, 1] images rounded to the 256 levels a saved PNG holds."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1

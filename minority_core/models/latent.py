@@ -22,10 +22,11 @@ local folder (`model_index.json`, `unet/`, `vae/`, `scheduler/`, `text_encoder/`
 
 Weights are read weights-only: safetensors where the folder has them, else diffusers' and
 transformers' own `.bin` loading (`torch.load(weights_only=True)`); nothing is fetched from a
-hub (`local_files_only=True`). The text encoder and tokenizer are whatever `model_index.json`
-names from `transformers` (e.g. `CLIPTextModel` + `CLIPTokenizer`), or this module's small
-stand-ins `TinyTextEncoder` + `ByteTokenizer` (library name `minority_core`), which let a
-pipeline be built, saved and tested where transformers is not installed.
+hub (`local_files_only=True`). The parts are whatever `model_index.json` names from `diffusers`
+or `transformers` (e.g. `CLIPTextModel` + `CLIPTokenizer`), or a class registered here by name
+with `register_component` (library name `minority_core`; the tests register a tiny text encoder
+and tokenizer so a pipeline can be built and loaded where transformers is not installed). No
+other module is ever imported on a folder's say-so: that would run code from a downloaded folder.
 """
 
 from __future__ import annotations
@@ -38,12 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from minority_core.diffusion.guidance import MinorityGuidance
-from minority_core.diffusion.samplers import ancestral_sample, ddim_sample
+from minority_core.config.guidance import MinorityGuidance
+from minority_core.diffusion.noise import draw_noise
+from minority_core.diffusion.samplers import StepCallback, ancestral_sample, ddim_sample
 from minority_core.diffusion.schedule import NoiseSchedule
 from minority_core.errors import InputError
 from minority_core.models.diffusers_unet import schedule_from_scheduler_config
@@ -52,69 +52,22 @@ PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SAMPLERS = ("ddim", "ancestral")
 
 
-# -- stand-in text encoder and tokenizer (no transformers needed) ---------------------------------
+# -- components registered by name ------------------------------------------------------------------
+
+_REGISTERED: dict[str, type] = {}
 
 
-class TinyTextEncoder(ModelMixin, ConfigMixin):
-    """A small transformer text encoder with the call shape of transformers' CLIPTextModel:
-    `encoder(input_ids)[0]` is the last hidden state [B, L, hidden_size]."""
+def register_component(name: str, cls: type) -> None:
+    """Let `model_index.json` entries `["minority_core", name]` load `cls` (via its `from_pretrained`).
 
-    @register_to_config
-    def __init__(self, vocab_size: int = 258, hidden_size: int = 32, max_length: int = 16, num_layers: int = 1, num_heads: int = 4) -> None:
-        super().__init__()
-        self.token_embedding = nn.Embedding(vocab_size, hidden_size)
-        self.position_embedding = nn.Embedding(max_length, hidden_size)
-        layer = nn.TransformerEncoderLayer(hidden_size, num_heads, dim_feedforward=2 * hidden_size, dropout=0.0, batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-        self.final_layer_norm = nn.LayerNorm(hidden_size)
-
-    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor]:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        hidden = self.token_embedding(input_ids) + self.position_embedding(positions)[None]
-        return (self.final_layer_norm(self.layers(hidden)),)
-
-
-@dataclass
-class _Tokens:
-    input_ids: torch.Tensor
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (id = byte + 2; 0 = start, 1 = end and padding), with the call shape
-    of a transformers tokenizer: `tok(texts, padding="max_length", max_length=L, truncation=True,
-    return_tensors="pt").input_ids`. Saved as `tokenizer_config.json`."""
-
-    config_name = "tokenizer_config.json"
-    bos_token_id, eos_token_id, pad_token_id = 0, 1, 1
-
-    def __init__(self, model_max_length: int = 16) -> None:
-        if model_max_length < 2:
-            raise InputError(f"model_max_length must be ≥ 2, got {model_max_length}")
-        self.model_max_length = int(model_max_length)
-
-    def __call__(self, texts, padding="max_length", max_length=None, truncation=True, return_tensors="pt"):
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        length = int(max_length or self.model_max_length)
-        rows = []
-        for text in texts:
-            ids = [self.bos_token_id] + [b + 2 for b in text.encode("utf-8")][: length - 2 if truncation else None] + [self.eos_token_id]
-            rows.append(ids + [self.pad_token_id] * (length - len(ids)))
-        return _Tokens(torch.tensor(rows, dtype=torch.long))
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / self.config_name).write_text(json.dumps({"tokenizer_class": type(self).__name__, "model_max_length": self.model_max_length}, indent=2))
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, subfolder: str | None = None, **_ignored) -> ByteTokenizer:
-        path = Path(folder) / (subfolder or "") / cls.config_name
-        if not path.is_file():
-            raise OSError(f"no {cls.config_name} in {path.parent}")
-        return cls(int(json.loads(path.read_text()).get("model_max_length", 16)))
-
-
-_OWN_CLASSES = {"TinyTextEncoder": TinyTextEncoder, "ByteTokenizer": ByteTokenizer}
+    The explicit way to load a part that is neither a diffusers nor a transformers class: the
+    loader resolves only names registered here, never a module a folder names.
+    """
+    if not isinstance(name, str) or not name:
+        raise InputError(f"a component name must be a non-empty string, got {name!r}")
+    if not callable(getattr(cls, "from_pretrained", None)):
+        raise InputError(f"{getattr(cls, '__name__', cls)!r} has no from_pretrained: it cannot be loaded from a pipeline folder")
+    _REGISTERED[name] = cls
 
 
 # -- the CFG denoiser the samplers see --------------------------------------------------------------
@@ -240,7 +193,7 @@ class LatentPipeline:
         eta: float = 0.0,
         progress: bool = False,
         autocast: bool = False,
-        callback=None,
+        callback: StepCallback | None = None,
     ) -> torch.Tensor:
         """The sampler's latents (scaled by `scaling_factor`), before decoding."""
         if sampler not in SAMPLERS:
@@ -249,12 +202,12 @@ class LatentPipeline:
             raise InputError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents")
         prompts = expand_prompts(prompts, num_samples)
         model = self.denoiser(prompts, cfg_scale, negative_prompt)
-        shape = (len(prompts), *self.latent_shape)
-        options = dict(guidance=minority_guidance, steps=steps, generator=generator, progress=progress, callback=callback,
-                       clip_range=None, autocast=autocast, device=self.device)
+        grid = self.schedule.respace(steps)
+        x = draw_noise((len(prompts), *self.latent_shape), generator, self.device)
+        options = dict(guidance=minority_guidance, generator=generator, progress=progress, callback=callback, clip_range=None, autocast=autocast)
         if sampler == "ddim":
-            return ddim_sample(model, self.schedule, shape, eta=eta, **options)
-        return ancestral_sample(model, self.schedule, shape, **options)
+            return ddim_sample(model, x, grid, eta=eta, **options)
+        return ancestral_sample(model, x, grid, **options)
 
     def sample(
         self,
@@ -396,9 +349,13 @@ def _load_part(root: Path, index: dict, part: str, default: tuple[str, str]):
 
 
 def _resolve_class(library: str, class_name: str, part: str):
-    """The class model_index.json names, from diffusers, transformers or this module only."""
+    """The class model_index.json names: from diffusers, transformers, or `register_component` only."""
     if library in ("minority_core", __name__):
-        cls = _OWN_CLASSES.get(class_name)
+        cls = _REGISTERED.get(class_name)
+        if cls is None:
+            known = ", ".join(sorted(_REGISTERED)) or "none"
+            raise InputError(f"model_index.json: the {part} is minority_core.{class_name}, which is not registered (registered: {known}); "
+                             "register it with minority_core.models.latent.register_component")
     elif library in ("diffusers", "transformers"):
         try:
             module = importlib.import_module(library)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from minority_core.config.sampler import SamplerConfig
+from minority_core.diffusion.noise import draw_noise
 from minority_core.diffusion.samplers import ancestral_sample, ddim_sample
 from minority_core.errors import InputError
 from minority_core.models import LoadedModel
@@ -89,25 +90,30 @@ def _sample_latent_batch(loaded: LoadedModel, prompts: list[str], config: Sample
 
 
 def _sample_batch(loaded: LoadedModel, shape, config: SamplerConfig, generator, y, device, progress) -> torch.Tensor:
+    """One batch by `config.method`: the plain samplers, composed with a baseline's start, grid or
+    guidance term. Draws from `generator`: the start noise (after respacing), then the sampler's."""
     if loaded.upsampler is not None:
-        from minority_core.models.adm_loader import sample_imagenet256
+        from minority_core.models.two_stage import sample_imagenet256
 
         if config.method not in ("self-guided", "standard") or config.sampler != "ancestral":
             raise InputError("the two-stage ImageNet-256 model runs self-guided or standard ancestral sampling only")
         return sample_imagenet256(loaded, loaded.upsampler, shape[0], config.guidance, steps=config.steps, generator=generator, class_labels=y, progress=progress)
-    common = dict(steps=config.steps, generator=generator, progress=progress, class_labels=y, device=device)
+    grid = loaded.schedule.respace(config.steps)
+    x = draw_noise(shape, generator, device)
+    common = dict(extra=None if y is None else {"y": y}, generator=generator, progress=progress)
     if config.method == "boost-and-skip":
-        from minority_core.baselines import boost_and_skip_sample
+        from minority_core.baselines import boost_and_skip
 
-        return boost_and_skip_sample(loaded.model, loaded.schedule, shape, gamma=config.gamma, skip=config.skip, **common)
+        x, grid = boost_and_skip(x, grid, gamma=config.gamma, skip=config.skip)
+        return ancestral_sample(loaded.model, x, grid, **common)
     if config.method == "minority-classifier":
-        from minority_core.baselines import classifier_guided_sample
+        from minority_core.baselines import ClassifierGuidanceTerm
 
         classifier = _level_classifier(config.classifier, str(device))
-        return classifier_guided_sample(loaded.model, loaded.schedule, classifier, shape, scale=config.classifier_scale, **common)
+        return ancestral_sample(loaded.model, x, grid, guidance=ClassifierGuidanceTerm(classifier, scale=config.classifier_scale), **common)
     if config.sampler == "ddim":
-        return ddim_sample(loaded.model, loaded.schedule, shape, guidance=config.guidance, eta=config.eta, **common)
-    return ancestral_sample(loaded.model, loaded.schedule, shape, guidance=config.guidance, **common)
+        return ddim_sample(loaded.model, x, grid, guidance=config.guidance, eta=config.eta, **common)
+    return ancestral_sample(loaded.model, x, grid, guidance=config.guidance, **common)
 
 
 @lru_cache(maxsize=4)
