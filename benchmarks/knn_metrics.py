@@ -1,4 +1,4 @@
-"""AvgkNN + LOF + Rarity for Q queries against N reference rows: ours vs sklearn (DESIGN §6).
+"""AvgkNN + LOF + Rarity for Q queries against N reference rows: ours vs sklearn (docs/DESIGN.md §6).
 
 Ours: `ReferenceSet.build` (index, self-kNN, radii, LOF densities) + `score` with the exact
 index and with "auto" (IVF once exact search gets expensive).  sklearn: the way one would
@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import _common  # noqa: F401 - first: env defaults before faiss / torch (DESIGN §7)
+import _common  # noqa: F401 - first: env defaults before faiss / torch (docs/DESIGN.md §7)
 import numpy as np
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 

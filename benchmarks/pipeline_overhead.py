@@ -1,4 +1,4 @@
-"""Orchestration overhead: the synthesis flow (Prefect + Ray + Parquet) vs the same work in a plain loop (DESIGN §6).
+"""Orchestration overhead: the synthesis flow (Prefect + Ray + Parquet) vs the same work in a plain loop (docs/DESIGN.md §6).
 
 (a) Plain loop, one process, no Prefect, no Ray: per shard `generate` → labels → `samples_table`
     → features → `ShardStore.write_shard` for the features and the samples shard: what a Ray
@@ -14,7 +14,7 @@ in the process), `ray.init` (once per process), and a warm-up flow run (one shar
 flow runs then write into fresh outputs; each still starts its actors and loads the model in
 them (the "pool start" column), which a run of a few minutes amortises.
 
-Target (DESIGN §6): overhead ≤ 10 % of wall time at a run of a few minutes; throughput scales
+Target (docs/DESIGN.md §6): overhead ≤ 10 % of wall time at a run of a few minutes; throughput scales
 with workers.
 
     python benchmarks/pipeline_overhead.py                          # bundled:digits, 1024 samples, 100 steps
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from _common import check_model, private_prefect_home  # first: env defaults before prefect / ray / torch (DESIGN §7)
+from _common import check_model, private_prefect_home  # first: env defaults before prefect / ray / torch (docs/DESIGN.md §7)
 
 private_prefect_home("bench-prefect-home-")
 
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-TARGET_OVERHEAD = 0.10  # DESIGN §6
+TARGET_OVERHEAD = 0.10  # docs/DESIGN.md §6
 
 
 def parse_args() -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""Guided vs unguided sampling cost: per-sample time, same model and steps, one process (DESIGN §6).
+"""Guided vs unguided sampling cost: per-sample time, same model and steps, one process (docs/DESIGN.md §6).
 
 Times `ancestral_sample` without guidance, with self-guided minority guidance at every = 5
 (the default) and at every = 1 (every step guided), and prints the ratios against unguided.
@@ -8,7 +8,7 @@ loss (2 forwards + 1 backward per guided step); the reference code runs the main
 forward again (3 forwards + 1 backward), i.e. at every = k it does 1 + 2/k forwards per step
 where we do 1 + 1/k, plus the 1/k backward both do.
 
-Target (DESIGN §6): guided/unguided ≤ 1.9× at every = 5.
+Target (docs/DESIGN.md §6): guided/unguided ≤ 1.9× at every = 5.
 
     python benchmarks/sampling_cost.py                                   # bundled:digits, 256 samples, 100 steps
     python benchmarks/sampling_cost.py --model diffusers:/tmp/unet --num-samples 64 --steps 50
@@ -22,7 +22,7 @@ import statistics
 import time
 
 import torch
-from _common import check_model  # first: env defaults before torch / faiss (DESIGN §7)
+from _common import check_model  # first: env defaults before torch / faiss (docs/DESIGN.md §7)
 from torch import nn
 
 from minority_core.diffusion.guidance import MinorityGuidance
@@ -30,7 +30,7 @@ from minority_core.diffusion.noise import draw_noise
 from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.models import load_model
 
-TARGET_EVERY5 = 1.9  # DESIGN §6
+TARGET_EVERY5 = 1.9  # docs/DESIGN.md §6
 SCALE = 0.4
 
 

@@ -42,7 +42,7 @@ import os
 import sys
 import tempfile
 
-from _common import private_prefect_home  # first: env defaults before prefect / ray / torch (DESIGN §7)
+from _common import private_prefect_home  # first: env defaults before prefect / ray / torch (docs/DESIGN.md §7)
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # one log line per task run would drown the soak's own lines
 private_prefect_home("soak-prefect-home-")

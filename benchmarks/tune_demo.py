@@ -13,7 +13,7 @@ import argparse
 import itertools
 import time
 
-import _common  # noqa: F401 - first: env defaults before faiss / torch (DESIGN §7)
+import _common  # noqa: F401 - first: env defaults before faiss / torch (docs/DESIGN.md §7)
 import numpy as np
 import torch
 

@@ -17,13 +17,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minority_core import doctor
+from minority_core.config.presets import preset_for
 from minority_core.diffusion.guidance import MinorityGuidance
 from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.diffusion.schedule import NoiseSchedule
 from minority_core.models import load_model
 from minority_core.models.adm import build_adm
-from minority_core.models.adm_loader import PAPER_GUIDANCE, ADMSuperResModel, paper_guidance
+from minority_core.models.adm_loader import ADMSuperResModel
 from minority_core.models.two_stage import sample_imagenet256
+from tests.configs import sampler_for
 from tests.sampling_helpers import run_sampler
 
 # Same module structure as the presets, reduced width (head width follows width: no parameter).
@@ -175,13 +177,12 @@ def test_bad_options_are_clear(ckpts, options, expect) -> None:
 
 
 def test_paper_guidance_defaults() -> None:
-    guidance, steps = paper_guidance("celeba64")
-    assert guidance == MinorityGuidance(scale=0.4, perturb_ratio=0.8, every=5, scale_type="var", distance="lpips") and steps == 250
-    assert paper_guidance("lsun256") == (guidance, 250)
-    assert paper_guidance("imagenet64")[0] == MinorityGuidance(scale=0.2, every=2, distance="lpips")
-    assert paper_guidance("imagenet64to256")[0] == paper_guidance("imagenet64")[0]
-    assert PAPER_GUIDANCE["imagenet64to256"]["upsampler_guidance"] is None
-    assert paper_guidance("imagenet64", distance="l2")[0].distance == "l2"
+    celeba = preset_for("adm:x.pt", "celeba64").sampler
+    assert celeba.guidance == MinorityGuidance(scale=0.4, perturb_ratio=0.8, every=5, scale_type="var", distance="lpips") and celeba.steps == 250
+    assert preset_for("adm:x.pt", "lsun256").sampler == celeba
+    assert preset_for("adm:x.pt", "imagenet64").sampler.guidance == MinorityGuidance(scale=0.2, every=2, distance="lpips")
+    assert preset_for("adm:x.pt", "imagenet64to256") == preset_for("adm:x.pt", "imagenet64")  # the upsampler stage is unguided
+    assert sampler_for("adm:x.pt", preset="imagenet64", distance="l2").guidance.distance == "l2"
 
 
 # --------------------------------------------------------------------------- doctor
@@ -285,7 +286,7 @@ def test_cli_sample_with_explicit_adm_flags(ckpts, tmp_path) -> None:
     without = CliRunner().invoke(main, [a for a in args if a not in tiny_flag_args(TINY)] + ["--out", str(tmp_path / "other")])
     assert without.exit_code == 2 and "\n" not in without.output.strip()  # the full-size preset does not fit the reduced weights
     wrong = CliRunner().invoke(main, ["sample", "--adm-flag", "num_channels=32", "--out", str(tmp_path / "x")])
-    assert wrong.exit_code == 2 and "applies to adm: models only" in wrong.output
+    assert wrong.exit_code == 2 and "apply to adm: models only" in wrong.output  # the one message the config gives, CLI or Python
 
 
 @pytest.mark.usefixtures("prefect_api", "ray_local")
@@ -294,19 +295,19 @@ def test_synthesis_config_carries_adm_flags_to_the_workers(ckpts, tmp_path) -> N
     from minority_core.config import SynthesisConfig
 
     flags = [f"{k}={v}" for k, v in TINY.items()]
-    config = SynthesisConfig(model="adm:" + ckpts["celeba_tiny"], preset="celeba64", adm_flags=flags, num_samples=3, shard_size=2, steps=2,
+    config = SynthesisConfig.from_options(model="adm:" + ckpts["celeba_tiny"], preset="celeba64", adm_flags=flags, num_samples=3, shard_size=2, steps=2,
                              distance="l2", out=str(tmp_path / "run"), workers=1, extractor="pixels")
     assert config.output_identity()["adm_flags"] == dict(sorted(TINY.items()))
-    respelled = config.model_copy(update={"adm_flags": [f.replace("_", "-") for f in reversed(flags)]})
+    respelled = config.replace(adm_flags=[f.replace("_", "-") for f in reversed(flags)])
     assert respelled.output_identity() == config.output_identity()  # same flags, other spelling/order: same run
-    assert "adm_flags" not in SynthesisConfig(model="bundled:digits", num_samples=2, out=str(tmp_path)).output_identity()
+    assert "adm_flags" not in SynthesisConfig.from_options(model="bundled:digits", num_samples=2, out=str(tmp_path)).output_identity()
     assert synthesize(config)["samples"] == 3  # a Ray actor built the reduced ADM from the flags
     with pytest.raises(ValueError, match="differs in: adm_flags"):  # the same out without the flags is another run
-        synthesize(config.model_copy(update={"adm_flags": []}))
+        synthesize(config.replace(adm_flags=()))
     with pytest.raises(ValueError, match="adm_flags apply to adm: models only"):
-        SynthesisConfig(model="bundled:digits", adm_flags=["num_channels=32"], num_samples=2, out=str(tmp_path))
+        SynthesisConfig.from_options(model="bundled:digits", adm_flags=["num_channels=32"], num_samples=2, out=str(tmp_path))
     with pytest.raises(ValueError, match="unknown ADM flag 'width'"):
-        SynthesisConfig(model="adm:/x.pt", preset="celeba64", adm_flags=["width=3"], num_samples=2, out=str(tmp_path))
+        SynthesisConfig.from_options(model="adm:/x.pt", preset="celeba64", adm_flags=["width=3"], num_samples=2, out=str(tmp_path))
 
 
 def test_super_res_on_a_preset_without_small_size_names_the_fix(tmp_path) -> None:

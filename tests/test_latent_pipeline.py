@@ -13,13 +13,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from minority_core.config.presets import sampler_config_for
 from minority_core.config.sampler import SamplerConfig
 from minority_core.diffusion.guidance import MinorityGuidance
 from minority_core.io import ShardStore
 from minority_core.models import load_model
 from minority_core.models.latent import shard_prompts
 from minority_core.runs.generate import generate
+from tests.configs import sampler_for
 from tests.tiny_latent import HAS_TRANSFORMERS, IMAGE, build_tiny_pipeline
 
 PROMPTS = ["a cat", "red dog", "a dog"]
@@ -44,7 +44,7 @@ def test_latent_spec_loads_the_pipeline_with_the_decoded_image_shape(loaded, lat
 
 def test_generate_gives_each_sample_the_prompt_of_its_run_wide_index(loaded, latent_spec):
     """Samples 4, 5, 6 of a run get prompts 1, 2, 0; batches of 2 split them as the sampler does."""
-    config = sampler_config_for(latent_spec, prompts=PROMPTS, steps=3, guidance_scale=1.0, every=1, cfg_scale=2.0, batch_size=2)
+    config = sampler_for(latent_spec, prompts=PROMPTS, steps=3, guidance_scale=1.0, every=1, cfg_scale=2.0, batch_size=2)
     images, labels = generate(loaded, 3, config, seed=5, first_index=4)
     assert images.shape == (3, *IMAGE) and labels is None and torch.isfinite(images).all()
 
@@ -59,7 +59,7 @@ def test_generate_gives_each_sample_the_prompt_of_its_run_wide_index(loaded, lat
 
 
 def test_standard_method_and_ddim_run_on_latents(loaded, latent_spec):
-    config = sampler_config_for(latent_spec, prompts=["a cat"], steps=3, method="standard", sampler="ddim", cfg_scale=1.0)
+    config = sampler_for(latent_spec, prompts=["a cat"], steps=3, method="standard", sampler="ddim", cfg_scale=1.0)
     assert config.guidance is None
     images, _ = generate(loaded, 2, config, seed=0)
     assert images.shape == (2, *IMAGE)
@@ -81,7 +81,7 @@ def test_standard_method_and_ddim_run_on_latents(loaded, latent_spec):
 def test_prompt_and_model_mismatches_are_refused_from_the_spec_alone(spec, kw, message):
     spec = "latent:/nowhere" if spec == "latent" else spec  # nothing is loaded: checked at the edge
     with pytest.raises(ValueError, match=message):
-        sampler_config_for(spec, **kw)
+        sampler_for(spec, **kw)
 
 
 def test_library_callers_get_the_same_refusal_from_generate():
@@ -167,7 +167,7 @@ def test_flow_on_ray_writes_prompts_per_shard_resumes_and_matches_in_process(lat
     base = dict(model=latent_spec, num_samples=5, shard_size=2, steps=3, guidance_scale=1.0, every=1, cfg_scale=2.0,
                 prompts=PROMPTS, extractor="pixels", sampler="ddim")
     ray_out, local_out = str(tmp_path / "ray"), str(tmp_path / "local")
-    summary = synthesize(SynthesisConfig(**base, out=ray_out, workers=2))
+    summary = synthesize(SynthesisConfig.from_options(**base, out=ray_out, workers=2))
     assert summary["samples"] == 5 and summary["generated_shards"] == 3
 
     store = ShardStore(ray_out)
@@ -177,13 +177,13 @@ def test_flow_on_ray_writes_prompts_per_shard_resumes_and_matches_in_process(lat
     assert prompts == shard_prompts(PROMPTS, 0, 5) == ["a cat", "red dog", "a dog", "a cat", "red dog"]
     assert manifest.config["sampler"]["prompts"] == PROMPTS
 
-    again = synthesize(SynthesisConfig(**base, out=ray_out, workers=2))
+    again = synthesize(SynthesisConfig.from_options(**base, out=ray_out, workers=2))
     assert again["generated_shards"] == 0 and again["skipped_shards"] == 3
 
     with pytest.raises(ValueError, match="differs in: sampler"):
-        synthesize(SynthesisConfig(**{**base, "prompts": ["a dog"]}, out=ray_out, workers=2))
+        synthesize(SynthesisConfig.from_options(**{**base, "prompts": ["a dog"]}, out=ray_out, workers=2))
 
-    synthesize(SynthesisConfig(**base, out=local_out, workers=0))  # in-process: same bytes as the Ray actors
+    synthesize(SynthesisConfig.from_options(**base, out=local_out, workers=0))  # in-process: same bytes as the Ray actors
     local = ShardStore(local_out).read_manifest()
     assert [r.sha256 for r in sorted(local.records("samples"), key=lambda r: r.index)] == [r.sha256 for r in records]
 
@@ -191,7 +191,7 @@ def test_flow_on_ray_writes_prompts_per_shard_resumes_and_matches_in_process(lat
     from flows.scoring import build_reference, report, score
 
     real = str(tmp_path / "real")
-    synthesize(SynthesisConfig(**{**base, "guidance_scale": 0.0, "num_samples": 8, "seed": 1}, out=real, workers=0))
+    synthesize(SynthesisConfig.from_options(**{**base, "guidance_scale": 0.0, "num_samples": 8, "seed": 1}, out=real, workers=0))
     reference = str(tmp_path / "reference")
     build_reference(f"{real}/samples", reference, extractor="pixels", k_lof=3, k_rarity=2)
     score(ray_out, reference, k_avg=3)
@@ -220,10 +220,10 @@ def test_synthesis_config_refuses_prompts_for_pixel_models(tmp_path):
     from minority_core.config import SynthesisConfig
 
     with pytest.raises(ValueError, match="prompts apply to text-to-image"):
-        SynthesisConfig(model="bundled:digits", num_samples=2, out=str(tmp_path), prompts=["a cat"])
+        SynthesisConfig.from_options(model="bundled:digits", num_samples=2, out=str(tmp_path), prompts=["a cat"])
     with pytest.raises(ValueError, match="give --prompt"):
-        SynthesisConfig(model="latent:/nowhere", num_samples=2, out=str(tmp_path))
-    identity = SynthesisConfig(model="latent:/nowhere", num_samples=2, out=str(tmp_path), prompts=["x"]).output_identity()
+        SynthesisConfig.from_options(model="latent:/nowhere", num_samples=2, out=str(tmp_path))
+    identity = SynthesisConfig.from_options(model="latent:/nowhere", num_samples=2, out=str(tmp_path), prompts=["x"]).output_identity()
     assert json.loads(json.dumps(identity))["sampler"]["prompts"] == ["x"]  # JSON-ready, as the manifest stores it
 
 
@@ -231,14 +231,13 @@ def test_synthesis_config_refuses_prompts_for_pixel_models(tmp_path):
 
 
 def test_example_text_to_image_dataset_validates_and_reads_its_prompts_file():
-    from flows.dataset_runs import entry_config
     from minority_core.config.datasets import PROJECT_ROOT, load_dataset_file
 
     entry = load_dataset_file(PROJECT_ROOT / "deployments" / "examples" / "sd-rare-scenes.yaml")
     lines = [line for line in (PROJECT_ROOT / "deployments" / "examples" / "street-prompts.txt").read_text().splitlines() if line.strip()]
-    config = entry_config(entry)
-    assert config.prompts == lines and config.cfg_scale == 7.5 and config.negative_prompt == "blurry, low quality"
-    sampler = config.sampler_config()
+    config = entry.synthesis_config()
+    sampler = config.sampler
+    assert list(sampler.prompts) == lines and sampler.cfg_scale == 7.5 and sampler.negative_prompt == "blurry, low quality"
     assert sampler.prompts == tuple(lines) and sampler.sampler == "ddim" and sampler.steps == 50
     assert config.output_identity()["sampler"]["prompts"] == lines
 

@@ -1,5 +1,5 @@
 """Metrics against independent oracles: sklearn's LOF, and brute-force numpy versions of the
-DESIGN §5 definitions and of the papers' formulas, written here from full distance matrices."""
+docs/DESIGN.md §5 definitions and of the papers' formulas, written here from full distance matrices."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def kth_radius(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def brute_scores(ref: np.ndarray, q: np.ndarray, k_avg: int, k_rarity: int) -> tuple[np.ndarray, np.ndarray]:
-    """DESIGN §5 AvgkNN and Rarity (NaN out of support) from the full distance matrix."""
+    """docs/DESIGN.md §5 AvgkNN and Rarity (NaN out of support) from the full distance matrix."""
     dist = pairwise(q, ref)
     avgknn = np.sort(dist, axis=1)[:, :k_avg].mean(axis=1)
     radius = kth_radius(ref, k_rarity)

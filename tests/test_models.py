@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from minority_core.config.presets import defaults_for, sampler_config_for
+from minority_core.config.presets import preset_for
 from minority_core.diffusion.guidance import MinorityGuidance
 from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.metrics.features import DemoClassifierFeatures
 from minority_core.models import BUNDLED_DIR, load_model
+from tests.configs import sampler_for
 from tests.sampling_helpers import run_sampler
 
 
@@ -93,14 +94,14 @@ def test_wrong_image_size_in_config_fails_clearly(tiny_diffusers_model, tmp_path
 
 
 def test_presets():
-    assert defaults_for("bundled:digits")["guidance_scale"] == 3.0
-    celeba = sampler_config_for("adm:/x.pt", preset="celeba64")
+    assert preset_for("bundled:digits").sampler.guidance.scale == 3.0
+    celeba = sampler_for("adm:/x.pt", preset="celeba64")
     assert celeba.guidance.scale == 0.4 and celeba.guidance.distance == "lpips" and celeba.steps == 250 and celeba.guidance.every == 5
-    imagenet = sampler_config_for("adm:/x.pt", preset="imagenet64")
+    imagenet = sampler_for("adm:/x.pt", preset="imagenet64")
     assert imagenet.guidance.scale == 0.2 and imagenet.guidance.every == 2
-    assert sampler_config_for("bundled:digits", guidance_scale=0).guidance is None
+    assert sampler_for("bundled:digits", guidance_scale=0).guidance is None
     with pytest.raises(ValueError, match="unknown ADM preset"):
-        defaults_for("adm:/x.pt", "celeba128")
+        preset_for("adm:/x.pt", "celeba128")
 
 
 def test_bundled_weights_are_safetensors_only():

@@ -21,6 +21,6 @@ def test_the_readme_has_python_examples():
 @pytest.mark.parametrize("position", range(len(python_blocks())))
 def test_readme_python_example_runs(position, tmp_path, prefect_api, capsys):
     code = python_blocks()[position].replace("/tmp/minority-run", str(tmp_path / "run"))
-    exec(compile(code, f"README.md python block {position}", "exec"), {"__name__": "readme"})  # noqa: S102 - the README's own code
+    exec(compile(code, f"README.md python block {position}", "exec"), {"__name__": "readme"})
     if "synthesize(config)" in code:
         assert '"samples": 64' in capsys.readouterr().out.replace("'", '"')

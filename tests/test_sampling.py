@@ -44,7 +44,7 @@ def test_guidance_raises_minority_share_and_stays_on_manifold(gmm, schedule):
     guided_share, off = gmm.component_shares(guided)
     factor = guided_share[SMALL].sum() / base_share[SMALL].sum()
     # Seen when written (n=2000): minority mass 0.18 → 0.39, factor 2.05 at w=6 (1.4 at w=3, 2.5 at w=10),
-    # off-mode share 0. Note w·β̃ is tiny in 2-D, so w is larger than on images (DESIGN §7).
+    # off-mode share 0. Note w·β̃ is tiny in 2-D, so w is larger than on images (docs/DESIGN.md §7).
     assert factor > 1.6, (base_share, guided_share)
     assert off < 0.01
 

@@ -1,4 +1,4 @@
-"""Baselines the self-guided method is compared against (DESIGN §1, last paragraph).
+"""Baselines the self-guided method is compared against (docs/DESIGN.md §1, last paragraph).
 
 Each composes the plain samplers of `minority_core.diffusion` rather than having one of its own:
 

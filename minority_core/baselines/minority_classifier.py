@@ -1,7 +1,7 @@
 """Minority guidance (Um, Lee & Ye, "Don't Play Favorites: Minority Guidance for Diffusion
 Models", ICLR 2024, arXiv:2301.12334; code github.com/soobin-um/minority-guidance).
 
-The predecessor of the self-guided method (DESIGN §1): it needs a classifier trained offline.
+The predecessor of the self-guided method (docs/DESIGN.md §1): it needs a classifier trained offline.
 
 1. `minority_scores`: per *real* sample x0, l(x0) = E_ε d(x0, x̂0(x_s)), x_s = √ᾱ_s x0 + √(1−ᾱ_s) ε,
    at grid index s = 60 of a 100-step respaced grid (≈ 0.6 T), averaged over 5 draws of ε — the
@@ -54,12 +54,6 @@ SCORE_PERTURB_INDEX = 60
 SCORE_DRAWS = 5
 DEFAULT_LEVELS = 100
 DIGITS_LEVELS = 10
-# The guidance scale s (classifier_guidance.py) tuned on bundled:digits (100 steps, 300 samples, L = 10,
-# classifier trained 3000 steps). Rare-class share / confident (> 0.9), mean of seeds 0 and 1: standard
-# 4.5 % / 96 %; s = 3.5: 11.3 % / 89 %; s = 10: 16.2 % / 87 %. Seed 0 only: s = 1: 9.3 % / 90 %; s = 30:
-# 21.0 % / 89 % but collapsing onto class 8 (60 eights, 3 nines of 300). s = 10 is the knee: most of
-# the gain, both rare classes.
-DIGITS_SCALE = 10.0
 
 WEIGHTS_FILE = "level_classifier.safetensors"
 CONFIG_FILE = "level_classifier.json"

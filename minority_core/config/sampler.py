@@ -89,3 +89,19 @@ class SamplerConfig:
         else:
             data["class_labels"] = list(self.class_labels)
         return data
+
+
+def check_model_fits(spec: str, config: SamplerConfig) -> None:
+    """Prompts go with text-to-image (latent:) models and only there; those run the two samplers
+    self-guided or standard (the baselines' classifier and pixel-space clipping do not apply).
+    Checked from the spec alone, so the CLI and the flow refuse a mismatch before loading anything."""
+    if not str(spec).startswith("latent:"):
+        if config.prompts is not None:
+            raise InputError(f"prompts apply to text-to-image (latent:) models only; {spec} is not one: drop --prompt/--prompts-file")
+        return
+    if config.prompts is None:
+        raise InputError(f"{spec} is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE (one prompt per line)")
+    if config.method not in ("self-guided", "standard"):
+        raise InputError(f"method {config.method!r} is not available for latent: models; use self-guided or standard")
+    if config.guidance is not None and config.guidance.distance != "l2":
+        raise InputError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents (pass --distance l2)")

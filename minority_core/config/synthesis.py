@@ -71,7 +71,7 @@ class ModelConfig(Section):
     def _adm_flags_valid(self) -> ModelConfig:
         if self.adm_flags:
             if not self.spec.startswith("adm:"):
-                raise InputError(f"adm_flags apply to adm: models only; {self.spec} is not one")
+                raise InputError(f"adm_flags apply to adm: models only; {self.spec} is not one (drop --adm-flag)")
             self.load_options()
         return self
 

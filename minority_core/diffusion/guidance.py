@@ -4,7 +4,7 @@ guidance term the samplers add.
 The minority loss L(x_t) = d(x̂0(x_t), sg[x̂0(x_s)]) with x_s a re-noised copy of x̂0(x_t) at a
 large step s measures how well the model *reconstructs* the emerging sample: common features
 come back, rare ones do not. Its gradient (one backward through the first Tweedie only) points
-toward less reconstructable, i.e. rarer, samples. DESIGN §1 lists the steps one by one.
+toward less reconstructable, i.e. rarer, samples. docs/DESIGN.md §1 lists the steps one by one.
 """
 
 from __future__ import annotations

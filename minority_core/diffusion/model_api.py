@@ -1,4 +1,4 @@
-"""The one model interface every sampler and guidance function uses (DESIGN §3).
+"""The one model interface every sampler and guidance function uses (docs/DESIGN.md §3).
 
 `model(x, t, **extra)` takes a batch and integer timesteps on the model's *original* training
 grid and returns ε (the shape of x), or ε and ADM-style learned-variance values stacked on dim 1

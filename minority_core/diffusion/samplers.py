@@ -3,7 +3,7 @@
 `ancestral_sample(model, x, grid)` is DDPM ancestral sampling and `ddim_sample` DDIM (η ≥ 0).
 `x` is the starting noise the caller drew (from the generator it then passes here), `grid` the
 respaced NoiseSchedule, walked from its last index down to 0. Callers compose the rest: a
-`MinorityGuidance` (self-guided minority guidance at the steps it selects, DESIGN §1 item 7) or
+`MinorityGuidance` (self-guided minority guidance at the steps it selects, docs/DESIGN.md §1 item 7) or
 any other `GuidanceTerm` adds its term to each step's mean; Boost-and-Skip is a scaled start on
 a truncated grid. `extra` holds per-sample model inputs (class labels: `{"y": labels}`).
 

@@ -1,4 +1,4 @@
-"""Parquet shards and the run manifest on any fsspec URL (DESIGN.md §4).
+"""Parquet shards and the run manifest on any fsspec URL (docs/DESIGN.md §4).
 
 Layout under the output root::
 

@@ -1,4 +1,4 @@
-"""The Fréchet distance between Gaussian fits of two feature sets (DESIGN §5): FID when the
+"""The Fréchet distance between Gaussian fits of two feature sets (docs/DESIGN.md §5): FID when the
 features are Inception pool3, sFID with the spatial ones.
 
 Statistics accumulate block by block (e.g. one block per shard), so a set never has to fit in

@@ -1,6 +1,6 @@
 """k-nearest-neighbour search over feature vectors with FAISS: exact, IVF or HNSW, CPU or GPU.
 
-One small API, `KnnIndex`, used by the metrics (DESIGN §5): batched kNN queries, self-kNN with
+One small API, `KnnIndex`, used by the metrics (docs/DESIGN.md §5): batched kNN queries, self-kNN with
 sklearn's convention, and range queries with a radius per query.  Three choices make the answers
 trustworthy rather than merely fast:
 
@@ -37,7 +37,7 @@ DEVICES = ("auto", "cpu", "gpu")
 
 # "auto" picks exact search while its brute-force work (indexed rows × expected queries × dims)
 # stays under this many multiply-adds.  IndexFlatL2 does ~2e10 of them a second on the 2-core
-# machine we measured (DESIGN §7: 10k queries against 1M×64 in 28 s), so 1e12 is about a minute:
+# machine we measured (docs/DESIGN.md §7: 10k queries against 1M×64 in 28 s), so 1e12 is about a minute:
 # roughly what training, filling and tuning an IVF index costs by the time exact search gets
 # that slow.  Beyond it exact cost grows as N·Q while IVF grows about as N·√N.
 EXACT_WORK_BUDGET = 1e12

@@ -1,4 +1,4 @@
-"""Set-level fidelity and diversity from k-NN balls (DESIGN §5): precision/recall
+"""Set-level fidelity and diversity from k-NN balls (docs/DESIGN.md §5): precision/recall
 (Kynkäänniemi et al. 2019) and density/coverage (Naeem et al. 2020).
 
 Ball membership is answered by exact range queries in bounded batches, so no N×M distance

@@ -1,4 +1,4 @@
-"""A reference set: features with everything per-sample scoring needs precomputed (DESIGN §5).
+"""A reference set: features with everything per-sample scoring needs precomputed (docs/DESIGN.md §5).
 
 Per generated sample, against the reference (`ReferenceSet.score`):
   AvgkNN   mean Euclidean distance to the k_avg nearest references;

@@ -1,6 +1,6 @@
 """Model loading behind one spec string: `bundled:digits`, `diffusers:PATH_OR_ID`, `adm:PATH`, `latent:PATH`.
 
-Every loader returns a `LoadedModel` whose `.model` follows the DESIGN §3 interface, so the
+Every loader returns a `LoadedModel` whose `.model` follows the docs/DESIGN.md §3 interface, so the
 samplers and the pipeline never know which family they run. The exception is `latent:` (a
 Stable-Diffusion-layout text-to-image pipeline): its denoiser depends on the prompts, so
 `LoadedModel.latent` carries the pipeline and `generate` builds the denoiser per batch.

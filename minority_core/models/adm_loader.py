@@ -1,4 +1,4 @@
-"""`adm:PATH` specs: guided-diffusion (ADM) checkpoints as DESIGN §3 models, plus the paper's
+"""`adm:PATH` specs: guided-diffusion (ADM) checkpoints as docs/DESIGN.md §3 models, plus the paper's
 guidance defaults per preset. (The two-stage ImageNet-256 sampler that runs a loaded base model
 and upsampler is `minority_core.models.two_stage`.)
 
@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from minority_core.config.guidance import MinorityGuidance
 from minority_core.diffusion.schedule import NoiseSchedule
 from minority_core.errors import InputError, MissingFileError
 from minority_core.models import LoadedModel
@@ -28,9 +27,7 @@ from minority_core.models.adm import ADM_PRESETS, ADMSuperResUNet, ADMUNet, _arc
 
 __all__ = [
     "ADMSuperResModel",
-    "PAPER_GUIDANCE",
     "load_adm",
-    "paper_guidance",
 ]
 
 # Diffusion-side flags (the rest are architecture flags, passed to build_adm).
@@ -38,33 +35,6 @@ DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule", "small_size")
 # Without a preset these must be given: guided-diffusion's defaults for them fit none of the
 # published checkpoints, and a wrong schedule would load cleanly and only show in the samples.
 REQUIRED_WITHOUT_PRESET = ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "noise_schedule")
-
-# --------------------------------------------------------------------------- paper defaults
-
-_CELEBA = dict(scale=0.4, perturb_ratio=0.8, every=5, scale_type="var", distance="lpips", steps=250)
-_IMAGENET64 = _CELEBA | dict(scale=0.2, every=2)
-
-# Um & Ye's settings per preset (sg-minority's scripts). `steps` is the respaced sampling grid;
-# the imagenet64to256 entry guides its 64 px stage with the imagenet64 settings and runs the
-# upsampler unguided (`upsampler_guidance: None`) on the same number of steps.
-PAPER_GUIDANCE: dict[str, dict[str, Any]] = {
-    "celeba64": dict(_CELEBA),
-    "lsun256": dict(_CELEBA),
-    "imagenet64": dict(_IMAGENET64),
-    "imagenet64to256": _IMAGENET64 | dict(base_preset="imagenet64", upsampler_guidance=None),
-}
-
-_GUIDANCE_FIELDS = ("scale", "perturb_ratio", "every", "stop_ratio", "scale_type", "distance", "normalize", "mc_samples")
-
-
-def paper_guidance(preset: str, **overrides: Any) -> tuple[MinorityGuidance, int]:
-    """(MinorityGuidance, steps) with the paper's defaults for `preset`, overrides applied."""
-    if preset not in PAPER_GUIDANCE:
-        raise InputError(f"no paper guidance defaults for {preset!r}; known: {', '.join(PAPER_GUIDANCE)}")
-    settings = PAPER_GUIDANCE[preset] | overrides
-    fields = {k: v for k, v in settings.items() if k in _GUIDANCE_FIELDS}
-    return MinorityGuidance(**fields), int(settings["steps"])
-
 
 # --------------------------------------------------------------------------- the models
 

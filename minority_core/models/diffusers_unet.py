@@ -28,7 +28,7 @@ _FIXED_VARIANCE = {
 
 
 class DiffusersUNet(nn.Module):
-    """Exposes a diffusers UNet2DModel as `model(x, t, y=None) -> ε [| v]` (DESIGN §3)."""
+    """Exposes a diffusers UNet2DModel as `model(x, t, y=None) -> ε [| v]` (docs/DESIGN.md §3)."""
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str = "epsilon") -> None:
         super().__init__()

@@ -6,7 +6,7 @@ local folder (`model_index.json`, `unet/`, `vae/`, `scheduler/`, `text_encoder/`
 `tokenizer/`: a VAE, a text-conditioned `UNet2DConditionModel` and a text encoder).
 
 - The sampler runs on the VAE's latents, already multiplied by `vae.config.scaling_factor`,
-  and the minority guidance is computed on them *exactly as on pixels* (DESIGN §1: Tweedie on
+  and the minority guidance is computed on them *exactly as on pixels* (docs/DESIGN.md §1: Tweedie on
   the latent, re-noise at the perturbation step, stop-gradient target, L2 distance,
   normalised gradient × w × Σ). Latents are not in [−1, 1], so x̂0 is never clipped
   (`clip_range=None`). LPIPS needs images, so `distance="lpips"` is refused here.

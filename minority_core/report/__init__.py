@@ -1,4 +1,4 @@
-"""A self-contained HTML report comparing sampling arms (DESIGN.md §4: ``OUT/report/``).
+"""A self-contained HTML report comparing sampling arms (docs/DESIGN.md §4: ``OUT/report/``).
 
 Each arm (e.g. ``standard`` vs ``guided``) brings per-sample kNN scores (AvgkNN, LOF, Rarity,
 in-support flag), a few summary numbers and optionally its images. The page leads with one

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import torch
 
-from minority_core.config.sampler import SamplerConfig
+from minority_core.config.sampler import SamplerConfig, check_model_fits
 from minority_core.diffusion.noise import draw_noise
 from minority_core.diffusion.samplers import ancestral_sample, ddim_sample
 from minority_core.errors import InputError
 from minority_core.models import LoadedModel
-
-
-def shard_seed(run_seed: int, shard_index: int) -> int:
-    """A 63-bit seed from (run seed, shard index) only; independent streams per shard."""
-    return int(np.random.SeedSequence([int(run_seed), int(shard_index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def generate(
@@ -54,22 +48,6 @@ def generate(
             batch = _sample_batch(loaded, (n, *loaded.shape), config, generator, y, device, progress)
         chunks.append(batch.clamp(-1, 1).cpu())
     return torch.cat(chunks), labels
-
-
-def check_model_fits(spec: str, config: SamplerConfig) -> None:
-    """Prompts go with text-to-image (latent:) models and only there; those run the two samplers
-    self-guided or standard (the baselines' classifier and pixel-space clipping do not apply).
-    Checked from the spec alone, so the CLI and the flow refuse a mismatch before loading anything."""
-    if not str(spec).startswith("latent:"):
-        if config.prompts is not None:
-            raise InputError(f"prompts apply to text-to-image (latent:) models only; {spec} is not one: drop --prompt/--prompts-file")
-        return
-    if config.prompts is None:
-        raise InputError(f"{spec} is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE (one prompt per line)")
-    if config.method not in ("self-guided", "standard"):
-        raise InputError(f"method {config.method!r} is not available for latent: models; use self-guided or standard")
-    if config.guidance is not None and config.guidance.distance != "l2":
-        raise InputError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents (pass --distance l2)")
 
 
 def sample_prompts(config: SamplerConfig, first_index: int, count: int) -> list[str] | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from minority_core.diffusion.samplers import NonFiniteSampleError
+from minority_core.errors import NonFiniteSampleError
 
 from .helpers import make_config, run_flow, task_run_messages, temporaries
 

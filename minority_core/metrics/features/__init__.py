@@ -1,4 +1,4 @@
-"""Images → feature vectors, behind one interface and one registry of names (DESIGN §5).
+"""Images → feature vectors, behind one interface and one registry of names (docs/DESIGN.md §5).
 
 `base` holds the interface, the input checks and the batching every extractor shares; `pixels`,
 `demo_classifier` and `inception` (pool3 for FID, mixed_6/conv for sFID) are the extractors;
