@@ -91,6 +91,22 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def schedule():
+    """The linear 1000-step training schedule the analytic-mixture tests sample on."""
+    from minority_core.diffusion.schedule import NoiseSchedule
+
+    return NoiseSchedule.linear(1000)
+
+
+@pytest.fixture(scope="session")
+def gmm(schedule):
+    """The exact denoiser of the shared 2-D Gaussian mixture (tests/gmm.py): an oracle with known weights."""
+    from tests.gmm import MEANS, STD, WEIGHTS, GaussianMixtureDenoiser
+
+    return GaussianMixtureDenoiser(MEANS, WEIGHTS, STD, schedule)
+
+
+@pytest.fixture(scope="session")
 def tiny_diffusers_model(tmp_path_factory) -> str:
     """A small random diffusers UNet2DModel + DDPMScheduler saved with save_pretrained (8×8, 1 channel)."""
     import torch

@@ -21,7 +21,7 @@ from minority_core.baselines import (
 from minority_core.baselines.minority_classifier import level_accuracy
 from minority_core.diffusion.samplers import ancestral_sample
 from minority_core.diffusion.schedule import NoiseSchedule
-from tests.gmm import MEANS, SMALL, STD, WEIGHTS, GaussianMixtureDenoiser
+from tests.gmm import MEANS, SMALL, WEIGHTS, GaussianMixtureDenoiser
 from tests.sampling_helpers import run_sampler, start
 
 
@@ -35,16 +35,6 @@ def classifier_guided_sample(model, schedule, classifier, shape, *, steps, scale
     """Classifier guidance as the product composes it: the ancestral sampler with the classifier's term."""
     term = ClassifierGuidanceTerm(classifier, scale=scale, target_level=target_level)
     return run_sampler(ancestral_sample, model, schedule, shape, steps=steps, generator=generator, guidance=term)
-
-
-@pytest.fixture(scope="module")
-def schedule():
-    return NoiseSchedule.linear(1000)
-
-
-@pytest.fixture(scope="module")
-def gmm(schedule):
-    return GaussianMixtureDenoiser(MEANS, WEIGHTS, STD, schedule)
 
 
 class RecordingModel(torch.nn.Module):

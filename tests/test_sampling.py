@@ -10,20 +10,9 @@ import torch
 
 from minority_core.diffusion.guidance import MinorityGuidance, l2_distance, minority_gradient, minority_loss
 from minority_core.diffusion.samplers import ancestral_sample, ddim_sample
-from minority_core.diffusion.schedule import NoiseSchedule
 from minority_core.errors import NonFiniteSampleError
-from tests.gmm import MEANS, SMALL, STD, WEIGHTS, GaussianMixtureDenoiser
+from tests.gmm import SMALL, WEIGHTS
 from tests.sampling_helpers import run_sampler
-
-
-@pytest.fixture(scope="module")
-def schedule():
-    return NoiseSchedule.linear(1000)
-
-
-@pytest.fixture(scope="module")
-def gmm(schedule):
-    return GaussianMixtureDenoiser(MEANS, WEIGHTS, STD, schedule)
 
 
 def test_unguided_sampling_reproduces_mixture_weights(gmm, schedule):
