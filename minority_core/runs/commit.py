@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from minority_core.io import Manifest, ShardStore
+from minority_core.io import Manifest, ShardRecord, ShardStore
 from minority_core.runs.plan import SAMPLES, remove_uncommitted
 
 if TYPE_CHECKING:
@@ -44,7 +44,11 @@ class ManifestCommitter:
 
     def commit(self, result: ShardResult) -> int:
         """Commit one finished shard (its features, then samples record); returns the committed count."""
-        records = [r for r in (result.features, result.samples) if r is not None]
+        return self.commit_records([r for r in (result.features, result.samples) if r is not None])
+
+    def commit_records(self, records: list[ShardRecord]) -> int:
+        """Commit records written by any writer of this run (a shard's samples and features, a
+        scores shard); returns the committed count of samples shards."""
         with self.lock:
             if self.closed:
                 return self.committed_count()
@@ -60,6 +64,11 @@ class ManifestCommitter:
         if self.on_commit is not None:
             self.on_commit(done, self.total)
         return done
+
+    def finish(self) -> None:
+        """The run (or this writer's part of it) is done: leave the stored manifest complete."""
+        with self.lock:
+            self.store.write_manifest(self.manifest)
 
     def discard_uncommitted(self, kinds: Iterable[str], logger: logging.Logger | logging.LoggerAdapter = LOG) -> None:
         """After a failure (call `close()` first and let in-flight shards end): remove the shard
