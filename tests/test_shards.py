@@ -65,14 +65,23 @@ def store(request, tmp_path) -> ShardStore:
 # --------------------------------------------------------------------------- ids, kinds, tables
 
 
-@given(st.integers(0, 99_999), st.integers(0, 999_999))
+@given(st.integers(0, 9_999_999), st.integers(0, 999_999))
 def test_sample_id_is_fixed_width_and_parses_back(shard, row):
+    """Five digits at least (the ids of every earlier run), more past shard 99,999: 10M shards."""
     sid = sample_id(shard, row)
-    assert re.fullmatch(r"\d{5}-\d{6}", sid)
+    assert re.fullmatch(r"\d{5,7}-\d{6}", sid) and (len(sid) == 12) == (shard < 100_000)
     assert tuple(map(int, sid.split("-"))) == (shard, row)
 
 
-@pytest.mark.parametrize("shard,row", [(-1, 0), (0, -1), (100_000, 0), (0, 1_000_000), (1.0, 0), (True, 0)])
+def test_shard_files_past_five_digits_are_listed(tmp_path):
+    store = ShardStore(str(tmp_path))
+    for index in (7, 99_999, 100_000, 1_234_567):
+        store.write_shard("features/x", index, features_table([sample_id(index, 0)], np.ones((1, 2))))
+    assert store.list_indices("features/x") == [7, 99_999, 100_000, 1_234_567]
+    assert store.shard_path("features/x", 1_234_567).endswith("features/x/shard-1234567.parquet")
+
+
+@pytest.mark.parametrize("shard,row", [(-1, 0), (0, -1), (10_000_000, 0), (0, 1_000_000), (1.0, 0), (True, 0)])
 def test_sample_id_refuses_out_of_range(shard, row):
     with pytest.raises(ValueError):
         sample_id(shard, row)
@@ -100,7 +109,7 @@ def test_any_accepted_kind_stays_under_root(kind, index):
     assert path.startswith(root + "/")
     assert os.path.normpath(path) == path
     assert ".." not in path.split("/")
-    assert re.fullmatch(r"shard-\d{5}\.parquet", path.rsplit("/", 1)[1])
+    assert re.fullmatch(r"shard-\d{5,7}\.parquet", path.rsplit("/", 1)[1])
 
 
 def test_shard_paths_follow_layout(tmp_path):

@@ -22,6 +22,7 @@ from minority_core.config.presets import preset_for, resolve_sampler
 from minority_core.config.sampler import SamplerConfig
 from minority_core.config.storage import check_no_secrets, resolve_storage_options
 from minority_core.errors import InputError
+from minority_core.io.manifest import MAX_ROW, MAX_SHARD_INDEX
 
 ARM_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
 
@@ -115,6 +116,17 @@ class OutputConfig(Section):
     @classmethod
     def _no_secrets(cls, value: dict) -> dict:
         return check_no_secrets(value)
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> OutputConfig:
+        """What the planner and the file names handle, refused here rather than at shard 10,000,000."""
+        if self.shard_size > MAX_ROW + 1:
+            raise InputError(f"shard_size {self.shard_size:,} is above the {MAX_ROW + 1:,} rows a shard holds: use a smaller --shard-size")
+        shards = -(-self.num_samples // self.shard_size)
+        if shards > MAX_SHARD_INDEX + 1:
+            raise InputError(f"{self.num_samples:,} samples in shards of {self.shard_size:,} are {shards:,} shards; a run holds at most "
+                             f"{MAX_SHARD_INDEX + 1:,}: raise --shard-size (or split the run)")
+        return self
 
 
 class ExecutionConfig(Section):

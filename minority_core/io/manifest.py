@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +22,9 @@ from minority_core.errors import InputError
 from minority_core.errors import one_line as _one_line
 
 MANIFEST_NAME = "manifest.json"
-MAX_SHARD_INDEX = 99_999  # five digits in file names and sample ids keep them sortable
+# Shard indices print with at least five digits (`shard-00012.parquet`, `00012-000034`) and grow
+# past them (`shard-1234567.parquet`): 10M shards of up to 1M rows, far beyond what one run plans.
+MAX_SHARD_INDEX = 9_999_999
 MAX_ROW = 999_999  # six digits in sample ids
 _KIND_SEGMENT = re.compile(r"^[a-z0-9_][a-z0-9_.-]*$")
 
@@ -131,6 +134,13 @@ class Manifest:
     shards: dict[str, ShardRecord] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
+    snapshot_seq: int = 0  # the last commit (io/commit_log.py) the stored snapshot includes
+    # how this object relates to storage, never serialised: the last commit seq it has applied,
+    # whether a manifest.json exists for it, and the id its own commits are written under
+    log_seq: int = field(default=0, compare=False)
+    stored: bool = field(default=False, compare=False)
+    writer: str = field(default_factory=lambda: uuid.uuid4().hex[:8], compare=False)
+    discarded: set[str] = field(default_factory=set, compare=False)  # keys this object dropped since it was read
 
     def __post_init__(self) -> None:
         if not isinstance(self.config, dict):
@@ -146,11 +156,14 @@ class Manifest:
     def add(self, record: ShardRecord) -> None:
         """Record a committed shard (replacing an earlier record of the same shard)."""
         self.shards[record.key] = record
+        self.discarded.discard(record.key)
         self.updated = _now()
 
     def discard(self, kind: str, index: int) -> None:
         """Forget a shard (e.g. one found corrupt, to be regenerated)."""
-        self.shards.pop(f"{kind}/{index:05d}", None)
+        key = f"{kind}/{index:05d}"
+        self.shards.pop(key, None)
+        self.discarded.add(key)
         self.updated = _now()
 
     def committed(self, kind: str) -> set[int]:
@@ -162,6 +175,7 @@ class Manifest:
         return sorted((r for r in self.shards.values() if r.kind == kind), key=lambda r: r.index)
 
     def to_json(self) -> str:
+        """The snapshot: canonical JSON (sorted keys), written only when a run finishes."""
         data = {
             "config": self.config,
             "config_hash": self.config_hash,
@@ -169,6 +183,7 @@ class Manifest:
             "shards": {key: rec.to_dict() for key, rec in self.shards.items()},
             "created": self.created,
             "updated": self.updated,
+            "snapshot_seq": self.snapshot_seq,
         }
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
 
@@ -185,6 +200,7 @@ class Manifest:
                 shards=shards,
                 created=str(data.get("created", "")),
                 updated=str(data.get("updated", "")),
+                snapshot_seq=int(data.get("snapshot_seq", 0)),
             )
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as err:
             raise InputError(f"invalid manifest: {_one_line(err)}") from err

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from minority_core.errors import CorruptShardError, InputError, MissingFileError, StorageError
 from minority_core.errors import one_line as _one_line
+from minority_core.io import commit_log
 from minority_core.io.atomic import TMP_MARK, is_local, write_atomic
 from minority_core.io.manifest import MANIFEST_NAME, Manifest, ShardRecord, sha256_hex, shard_relpath, validate_kind
 from minority_core.io.retry import retry, storage_hint
@@ -26,13 +27,15 @@ from minority_core.io.schema import conform_samples, parquet_bytes, upgrade_samp
 
 T = TypeVar("T")
 
-RUN_ENTRIES = ("samples", "features", "scores", "selections", "report")  # what `clear()` removes besides the manifest
+_SHARD_FILE = re.compile(r"shard-(\d{5,})\.parquet")
+RUN_ENTRIES = ("commits", "samples", "features", "scores", "selections", "report")  # what `clear()` removes besides the manifest
 
 
 class ShardStore:
     """Shards and manifest under one fsspec URL; safe to use from many processes at once.
 
-    Each writer writes only its own shards; the manifest has a single writer (the driver).
+    Each writer writes only its own shards; commits go to the run's commit log
+    (io/commit_log.py), whose commits cost the same whatever the run's size.
     The store pickles by URL and options (never by its filesystem object), so it can be
     shipped to Ray actors. Its repr never shows storage options (credentials).
     """
@@ -218,15 +221,60 @@ class ShardStore:
 
     def list_indices(self, kind: str) -> list[int]:
         """Indices of complete shard files of `kind` present on storage (temporaries excluded)."""
+        return sorted(self.list_sizes(kind))
+
+    def list_sizes(self, kind: str) -> dict[int, int]:
+        """{index: size in bytes} of the complete shard files of `kind`: one listing, no reads,
+        which is all a resumed run needs to trust its commit records."""
         directory = self._abs(validate_kind(kind))
         self._invalidate(directory)
         try:
-            names = self._retry(lambda: self.fs.ls(directory, detail=False), f"list {self.url_of(kind)}")
+            entries = self._retry(lambda: self.fs.ls(directory, detail=True), f"list {self.url_of(kind)}")
+        except FileNotFoundError:
+            return {}
+        sizes = {}
+        for entry in entries:
+            match = _SHARD_FILE.fullmatch(posixpath.basename(str(entry["name"]).rstrip("/")))
+            if match and entry.get("type", "file") != "directory":
+                sizes[int(match.group(1))] = int(entry.get("size") or 0)
+        return sizes
+
+    def list_names(self, directory: str) -> list[str]:
+        """Base names of the files directly under `directory` (relative to the root)."""
+        path = self._abs(directory)
+        self._invalidate(path)
+        try:
+            names = self._retry(lambda: self.fs.ls(path, detail=False), f"list {self.url_of(directory)}")
         except FileNotFoundError:
             return []
-        pattern = re.compile(r"shard-(\d{5})\.parquet")
-        found = (pattern.fullmatch(posixpath.basename(str(n).rstrip("/"))) for n in names)
-        return sorted(int(m.group(1)) for m in found if m)
+        return sorted(posixpath.basename(str(n).rstrip("/")) for n in names)
+
+    def read_text(self, rel: str) -> str | None:
+        """A small text object (manifest, commit), or None if it is not there."""
+        self._invalidate(self._abs(rel))
+        try:
+            return self._get(rel).decode("utf-8")
+        except FileNotFoundError:
+            return None
+
+    def write_text(self, rel: str, text: str) -> None:
+        """Atomically store a small text object."""
+        self._put_atomic(rel, text.encode("utf-8"))
+
+    def remove(self, rel: str) -> None:
+        """Delete an object if present (idempotent), retried like any write."""
+        path = self._abs(rel)
+
+        def rm() -> None:
+            try:
+                self.fs.rm(path)
+            except FileNotFoundError:
+                pass
+
+        try:
+            self._retry(rm, f"delete {self.url_of(rel)}")
+        finally:
+            self._invalidate(path)
 
     def clean_temporaries(self, kind: str) -> int:
         """Remove temporaries left by writers that crashed mid-write (local roots only); returns count."""
@@ -243,20 +291,22 @@ class ShardStore:
     # ----- manifest
 
     def read_manifest(self) -> Manifest | None:
-        """The run's manifest, or None for a fresh output root."""
-        self._invalidate(self._abs(MANIFEST_NAME))
-        try:
-            text = self._get(MANIFEST_NAME)
-        except FileNotFoundError:
-            return None
-        try:
-            return Manifest.from_json(text)
-        except ValueError as err:
-            raise StorageError(f"{self.url_of(MANIFEST_NAME)}: {err}; fix or remove it") from err
+        """The run's manifest with every committed record (snapshot + commit log), or None for a
+        fresh output root."""
+        return commit_log.read_run(self)
+
+    def commit(self, manifest: Manifest, records: list[ShardRecord], discard: list[str] | tuple[str, ...] = ()) -> None:
+        """Commit records to the run with one small write (≤ a few kB whatever the run's size)."""
+        commit_log.append(self, manifest, records, discard)
+
+    def compact(self) -> int:
+        """Fold the loose commits into one segment (bounds what readers list and open)."""
+        return commit_log.compact(self)
 
     def write_manifest(self, manifest: Manifest) -> None:
-        """Atomically replace the manifest (pretty, sorted JSON; never contains storage options)."""
-        self._put_atomic(MANIFEST_NAME, manifest.to_json().encode("utf-8"))
+        """Store the whole manifest as the snapshot and drop the commit log it covers (O(records):
+        at the end of a run); never contains storage options."""
+        commit_log.snapshot(self, manifest)
 
     def clear(self) -> None:
         """Remove a previous run (manifest first, so a crash midway never leaves a manifest that

@@ -1,9 +1,8 @@
-"""Committing shards: a shard is part of a run once its records are in the stored manifest.
+"""Committing shards: a shard is part of a run once its records are in the run's commit log.
 
-One writer (the driver) commits; workers only write shard files. The interface is what the
-scale work builds on (`commit`, `committed_count`, `close`, `discard_uncommitted`): today a commit
-rewrites `manifest.json`; a commit log with constant-cost appends can replace that inside this
-module without its callers changing.
+Workers only write shard files; the driver commits their records. A commit is one small write
+whatever the run's size (io/commit_log.py); every `COMPACT_EVERY` commits the loose commits are
+folded into a segment, and `finish()` writes the whole manifest once, as the run's snapshot.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from minority_core.io import Manifest, ShardRecord, ShardStore
+from minority_core.io.commit_log import COMPACT_EVERY
 from minority_core.runs.plan import SAMPLES, remove_uncommitted
 
 if TYPE_CHECKING:
@@ -25,18 +25,21 @@ LOG = logging.getLogger(__name__)
 class ManifestCommitter:
     """Adds finished shards to the manifest and stores it atomically; thread-safe.
 
-    `close()` ends a failed run: later commits are dropped, so the manifest stays as it was when
+    Commits cost one small write each; the snapshot is written once, when the `total`-th samples
+    shard commits (or on `finish()`). `close()` ends a failed run: later commits are dropped, so the manifest stays as it was when
     the failure was seen, and `discard_uncommitted` can remove every shard file it does not list.
     `on_commit(done, total)` reports progress (e.g. to a Prefect progress artifact).
     """
 
-    def __init__(self, store: ShardStore, manifest: Manifest, total: int, on_commit: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, store: ShardStore, manifest: Manifest, total: int | None = None, on_commit: Callable[[int, int], None] | None = None) -> None:
         self.store, self.manifest, self.total, self.on_commit = store, manifest, total, on_commit
         self.lock = threading.Lock()
         self.closed = False
+        self.samples = manifest.committed(SAMPLES)  # kept up to date here: counting the manifest per commit is O(shards)
+        self.loose = 0
 
     def committed_count(self) -> int:
-        return len(self.manifest.committed(SAMPLES))
+        return len(self.samples)
 
     def close(self) -> None:
         with self.lock:
@@ -52,21 +55,23 @@ class ManifestCommitter:
         with self.lock:
             if self.closed:
                 return self.committed_count()
-            for record in records:
-                self.manifest.add(record)
-            try:
-                self.store.write_manifest(self.manifest)
-            except BaseException:  # not on storage, so not committed: memory must say the same
-                for record in records:
-                    self.manifest.discard(record.kind, record.index)
-                raise
+            self.store.commit(self.manifest, records)  # the manifest in memory follows only once the commit landed
+            self.samples.update(r.index for r in records if r.kind == SAMPLES)
+            self.loose += 1
             done = self.committed_count()
-        if self.on_commit is not None:
+            if self.total and done == self.total:  # the run is complete: store its snapshot once
+                self.store.write_manifest(self.manifest)
+                self.loose = 0
+            elif self.loose >= COMPACT_EVERY:
+                self.store.compact()
+                self.loose = 0
+        if self.on_commit is not None and self.total:
             self.on_commit(done, self.total)
         return done
 
     def finish(self) -> None:
-        """The run (or this writer's part of it) is done: leave the stored manifest complete."""
+        """This writer is done (e.g. scoring): store the whole manifest once, as the snapshot.
+        A synthesis committer does it by itself when its last shard commits."""
         with self.lock:
             self.store.write_manifest(self.manifest)
 

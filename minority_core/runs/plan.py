@@ -9,8 +9,9 @@ derives from (run seed, k) alone, so what a shard holds never depends on the wor
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -33,11 +34,37 @@ class ShardSpec:
     first_index: int
 
 
+class ShardSpecs(Sequence[ShardSpec]):
+    """The shards of a run (or a subset of them), computed on access: a 10M-shard plan is one
+    int64 array, not 10M objects."""
+
+    def __init__(self, num_samples: int, shard_size: int, seed: int, indices: np.ndarray | None = None) -> None:
+        self.num_samples, self.shard_size, self.seed = num_samples, shard_size, seed
+        count = -(-num_samples // shard_size)
+        self.indices = np.arange(count, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @overload
+    def __getitem__(self, item: int) -> ShardSpec: ...
+    @overload
+    def __getitem__(self, item: slice) -> ShardSpecs: ...
+    def __getitem__(self, item: int | slice) -> ShardSpec | ShardSpecs:
+        if isinstance(item, slice):
+            return self.subset(self.indices[item])
+        k = int(self.indices[item])
+        return ShardSpec(k, min(self.shard_size, self.num_samples - k * self.shard_size), shard_seed(self.seed, k), k * self.shard_size)
+
+    def subset(self, indices: np.ndarray) -> ShardSpecs:
+        return ShardSpecs(self.num_samples, self.shard_size, self.seed, indices)
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a run still has to do: the pending shards, the shard count, the manifest so far."""
 
-    pending: list[ShardSpec]
+    pending: ShardSpecs
     total: int
     manifest: Manifest
 
@@ -51,19 +78,19 @@ def shard_seed(run_seed: int, shard_index: int) -> int:
     return int(np.random.SeedSequence([int(run_seed), int(shard_index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def shard_specs(num_samples: int, shard_size: int, seed: int) -> list[ShardSpec]:
+def shard_specs(num_samples: int, shard_size: int, seed: int) -> ShardSpecs:
     """The run's shards in order: all full but the last."""
-    count = -(-num_samples // shard_size)
-    return [ShardSpec(k, min(shard_size, num_samples - k * shard_size), shard_seed(seed, k), k * shard_size) for k in range(count)]
+    return ShardSpecs(num_samples, shard_size, seed)
 
 
 def plan_run(
-    store: ShardStore, identity: dict, specs: list[ShardSpec], features_kind: str, overwrite: bool = False, logger: logging.Logger | logging.LoggerAdapter = LOG
+    store: ShardStore, identity: dict, specs: ShardSpecs, features_kind: str, overwrite: bool = False, logger: logging.Logger | logging.LoggerAdapter = LOG
 ) -> Plan:
     """Check the output location, reconcile it with the run `identity`, and list the shards to make.
 
-    A committed shard is skipped only if its bytes still match the manifest's sha256; one that is
-    missing or corrupt is planned again. Complete but uncommitted shard files (a failed run's) and
+    A committed shard is skipped when its records are committed and its files are listed at the
+    recorded sizes (no shard bytes are read: `verify_run` checks bytes, on request); one that is
+    missing or resized is planned again. Complete but uncommitted shard files (a failed run's) and
     temporaries (a killed writer's) are removed, so a reader sees committed shards only.
     """
     store.check_writable()
@@ -92,18 +119,27 @@ def plan_run(
     orphans = remove_uncommitted(store, manifest, kinds)
     if orphans:
         logger.warning("removed %d complete but uncommitted shard file(s) left by an earlier failed run: %s", len(orphans), ", ".join(orphans))
-    pending = []
-    for spec in specs:
-        records = [r for r in manifest.records(SAMPLES) + manifest.records(features_kind) if r.index == spec.index]
-        if len(records) == 2 and all(store.verify(r) for r in records):
-            continue
-        if records:
-            logger.warning("shard %05d is missing or corrupt on storage: regenerating it", spec.index)
-            for r in records:
-                manifest.discard(r.kind, r.index)
-        pending.append(spec)
+    pending = pending_shards(store, manifest, specs, features_kind, logger)
     logger.info("%d shards planned, %d already committed, %d to generate", len(specs), len(specs) - len(pending), len(pending))
     return Plan(pending, len(specs), manifest)
+
+
+def pending_shards(store: ShardStore, manifest: Manifest, specs: ShardSpecs, features_kind: str, logger: logging.Logger | logging.LoggerAdapter = LOG) -> ShardSpecs:
+    """The shards still to make. A shard is done when its samples and features records are
+    committed and both files are listed with the recorded size: one listing per kind, no shard
+    bytes read (a flipped byte is `minority-synth verify`'s to find). Missing or resized ones are
+    regenerated."""
+    kinds = (SAMPLES, features_kind)
+    records = {kind: {r.index: r for r in manifest.records(kind)} for kind in kinds}
+    sizes = {kind: store.list_sizes(kind) for kind in kinds}
+    intact = set.intersection(*({i for i, r in records[kind].items() if sizes[kind].get(i) == r.bytes} for kind in kinds))
+    todo = np.setdiff1d(specs.indices, np.fromiter(intact, dtype=np.int64, count=len(intact)), assume_unique=True)
+    for index in todo[np.isin(todo, np.fromiter(set(records[SAMPLES]) | set(records[features_kind]), dtype=np.int64))]:
+        logger.warning("shard %05d is missing or corrupt on storage: regenerating it", int(index))
+        for kind in kinds:
+            if int(index) in records[kind]:
+                manifest.discard(kind, int(index))
+    return specs.subset(todo)
 
 
 def same_run(recorded: dict, identity: dict) -> bool:
