@@ -1,8 +1,11 @@
 """Flows that score what `synthesize` wrote: build a reference set, score, filter, report.
 
 Reference-side work (self-kNN radii, LOF densities) happens once in `build_reference`; scoring a
-run is then one batched FAISS query per shard. Each step reads and writes only storage, so any
-of them can run alone (`minority-synth score|filter|report|build-reference`).
+run is then one batched FAISS query per shard, on Ray actors that each load the reference set
+once (tasks/score_pool.py). Reports and filters read score columns and decode only the images
+they show (minority_core/runs/results.py), so their memory does not grow with the run. Each step
+reads and writes only storage, so any of them can run alone
+(`minority-synth score|filter|report|build-reference`).
 """
 
 from __future__ import annotations
@@ -11,15 +14,19 @@ import re
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.utilities.annotations import quote
 
 from minority_core.config import resolve_storage_options
-from minority_core.errors import InputError
+from minority_core.errors import InputError, MissingFileError
 from minority_core.io import ShardStore
 from minority_core.runs.reference import load_reference_features, reference_exists, reference_url
 from minority_core.runs.results import CONFIDENT
 from minority_core.runs.scoring import open_run, unscored
 from minority_core.runs.select import check_rule, select_rarest
-from tasks.scoring import arm_result, build_reference_set, score_shard
+from tasks.score_pool import ScorePool
+from tasks.scoring import arm_result, build_reference_set, score_shards
+
+DEFAULT_SCORE_WORKERS = 2  # like synthesize's default; the scoring at the end of a run uses it too
 
 
 @flow(name="build-reference-set")
@@ -38,21 +45,41 @@ def ensure_reference(reference: str, extractor: str, source: str | None, storage
 
 
 @flow(name="score-run")
-def score(run: str, reference: str, k_avg: int = 5, storage_options: dict | None = None) -> dict:
-    """Score every committed features shard of a run that has no committed scores yet (resumable)."""
-    from minority_core.metrics import ReferenceSet
-
+def score(run: str, reference: str, k_avg: int = 5, storage_options: dict | None = None, workers: int | None = None,
+          ray_address: str | None = None) -> dict:
+    """Score every committed features shard of a run that has no committed scores yet (resumable
+    per shard), on `workers` Ray actors that each load the reference set once; `workers=0` scores
+    in-process. Default: DEFAULT_SCORE_WORKERS actors, or in-process for a memory:// run."""
     options = resolve_storage_options(storage_options)
     store, manifest = open_run(run, options)
     extractor = manifest.config["extractor"]
-    refset = ReferenceSet.load(f"{reference_url(reference, extractor)}/index", options)
+    if not reference_exists(reference, extractor, options):
+        raise MissingFileError(f"no reference set at {reference_url(reference, extractor)}: run `minority-synth build-reference` first")
+    workers = score_workers(store, workers)
     todo, done = unscored(store, manifest)
-    futures = [score_shard.submit(store, refset, r, extractor, k_avg) for r in todo]
-    for future in futures:
-        manifest.add(future.result())
-    store.write_manifest(manifest)
-    get_run_logger().info("scored %d shards (%d already scored) with %s", len(todo), done, extractor)
+    if todo:
+        worker = dict(run=store.url, reference_index=f"{reference_url(reference, extractor)}/index", extractor=extractor, k_avg=k_avg, storage_options=options)
+        pool = ScorePool(worker, workers, ray_address)
+        try:
+            score_shards(pool, quote(store), quote(manifest), quote(todo))
+        finally:
+            pool.shutdown()
+    get_run_logger().info("scored %d shards (%d already scored) with %s on %s", len(todo), done, extractor,
+                          f"{workers} Ray actor(s)" if workers else "this process")
     return {"run": run, "scored_shards": len(todo), "skipped_shards": done, "extractor": extractor}
+
+
+def score_workers(store: ShardStore, workers: int | None) -> int:
+    """How many score actors: as asked, else DEFAULT_SCORE_WORKERS; a memory:// run lives in this
+    process only, so it is scored here (0) and refused with actors."""
+    in_memory = "memory" in ((store.fs.protocol,) if isinstance(store.fs.protocol, str) else tuple(store.fs.protocol))
+    if workers is None:
+        return 0 if in_memory else DEFAULT_SCORE_WORKERS
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise InputError(f"workers must be an integer ≥ 0 (0 = in-process), got {workers!r}")
+    if workers and in_memory:
+        raise InputError(f"{store.url} is in this process's memory, which Ray actors cannot see: score it with workers=0")
+    return workers
 
 
 @flow(name="filter")

@@ -211,13 +211,15 @@ def build_reference_cmd(source, reference, extractor, index, device, storage_opt
 @click.option("--run", "run_url", required=True, help="a synthesize output (folder or URL)")
 @click.option("--reference", required=True)
 @click.option("--k", "k_avg", type=int, default=5, show_default=True, help="k of AvgkNN")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Ray actors that score shards in parallel, each loading the reference set once; 0 = in-process  [default: 2; 0 for memory://]")
 @click.option("--storage-option", "storage_option", multiple=True)
 @friendly_errors
-def score_cmd(run_url, reference, k_avg, storage_option):
+def score_cmd(run_url, reference, k_avg, workers, storage_option):
     """AvgkNN, LOF and Rarity of every sample of a run (resumes: scored shards are skipped)."""
     from flows.scoring import score
 
-    click.echo(json.dumps(score(normalise_out(run_url), normalise_out(reference), k_avg=k_avg, storage_options=_storage(storage_option)), indent=2))
+    click.echo(json.dumps(score(normalise_out(run_url), normalise_out(reference), k_avg=k_avg, storage_options=_storage(storage_option), workers=workers), indent=2))
 
 
 @main.command("filter")

@@ -248,3 +248,34 @@ def test_by_prompt_only_for_arms_with_prompts_and_lengths_checked():
     assert "By prompt" not in build_report([plain], "t").html
     with pytest.raises(ValueError, match="2 prompts but"):
         build_report([with_prompts(guided, ["p", "q"])], "t")
+
+
+# --------------------------------------------------------------------------- only the shown images
+
+
+def test_an_arm_with_only_its_shown_images_builds_the_same_report():
+    from minority_core.report import shown_rows
+
+    full = make_arm("guided", 0.5, seed=8, n=300)
+    rows = shown_rows(full.scores["avgknn"])
+    assert len(rows) <= 32 and rows == sorted(set(rows))
+    shown = ArmResult(full.name, full.scores, full.summary, full.images[rows], full.sample_ids, image_rows=rows)
+    expected, built = build_report([full], "t"), build_report([shown], "t")
+    assert built.html == expected.html and built.pngs == expected.pngs
+
+
+@pytest.mark.parametrize(
+    ("image_rows", "count", "message"),
+    [
+        ([0, 0], 2, "distinct"),
+        ([0, 99], 2, r"distinct rows in \[0, 40\)"),
+        (["a"], 1, "score row numbers"),
+        ([0, 1, 2], 2, "2 images but 3 image_rows"),
+        ([0, 1], 2, "no image for score rows"),  # the grids show rows that were not given
+    ],
+)
+def test_invalid_image_rows_raise_one_line(image_rows, count, message):
+    arm = make_arm("a", 0.0, seed=9, n=40)
+    with pytest.raises(ValueError, match=message) as err:
+        build_report([ArmResult("a", arm.scores, {}, arm.images[:count], image_rows=image_rows)], "t")
+    assert "\n" not in str(err.value)

@@ -30,25 +30,47 @@ class Grid:
     ids: list[tuple[str, float]]  # (sample id, AvgkNN) of the tiles, in order
 
 
+def grid_picks(avgknn: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """(file tag, caption words, score rows) of each grid: the 16 rarest and the 16 least rare
+    rows by AvgkNN among the finite ones (ties keep row order). Empty when none is finite."""
+    order = np.argsort(avgknn, kind="stable")
+    ranked = order[np.isfinite(avgknn[order])]
+    if not len(ranked):
+        return []
+    return [("rarest", "rarest (highest AvgkNN)", ranked[::-1][:GRID_COUNT]),
+            ("least-rare", "least rare (lowest AvgkNN)", ranked[:GRID_COUNT])]
+
+
+def shown_rows(avgknn: np.ndarray) -> list[int]:
+    """Every score row a grid shows, in row order: the only images a report needs to decode."""
+    return sorted({int(i) for _, _, rows in grid_picks(np.asarray(avgknn, dtype=np.float64)) for i in rows})
+
+
 def arm_grids(arm: CheckedArm, index: int) -> tuple[list[Grid], str | None]:
     """The 16 rarest and 16 least rare images by AvgkNN; or why there are none (None: no images)."""
-    if arm.images is None or len(arm.images) == 0:
+    if arm.images is None or (len(arm.images) == 0 and arm.image_rows is None):
         return [], None
     avgknn = arm.scores.get("avgknn")
     if avgknn is None:
         return [], "no AvgkNN scores to rank the images by"
-    ranked = [i for i in np.argsort(avgknn, kind="stable") if np.isfinite(avgknn[i])]
-    if not ranked:
+    picks = grid_picks(avgknn)
+    if not picks:
         return [], "no finite AvgkNN scores to rank the images by"
-    picks = (("rarest", "rarest (highest AvgkNN)", ranked[::-1][:GRID_COUNT]),
-             ("least-rare", "least rare (lowest AvgkNN)", ranked[:GRID_COUNT]))
     grids = []
     for tag, words, order in picks:
         values = avgknn[order]
         ids = [(_tile_label(arm, i), float(avgknn[i])) for i in order]
         caption = f"{len(order)} {words}: AvgkNN {format_number(values.min())} to {format_number(values.max())}"
-        grids.append(Grid(f"grid-{index:02d}-{_slug(arm.name)}-{tag}.png", caption, _grid_png(arm.images[order]), ids))
+        grids.append(Grid(f"grid-{index:02d}-{_slug(arm.name)}-{tag}.png", caption, _grid_png(_tiles(arm, order)), ids))
     return grids, None
+
+
+def _tiles(arm: CheckedArm, rows: np.ndarray) -> np.ndarray:
+    """The images of these score rows, whether the arm brought every image or only the shown ones."""
+    if arm.image_rows is None:
+        return arm.images[rows]
+    position = {row: j for j, row in enumerate(arm.image_rows)}  # validate checked every shown row is there
+    return arm.images[[position[int(r)] for r in rows]]
 
 
 def _grid_png(images: np.ndarray) -> bytes:

@@ -22,7 +22,11 @@ INDEX_NAME = "index.html"
 
 @dataclass
 class ArmResult:
-    """One sampling arm: per-sample scores (aligned arrays), summary numbers, optional images."""
+    """One sampling arm: per-sample scores (aligned arrays), summary numbers, optional images.
+
+    `images` is either one image per score row or, with `image_rows`, only the images of those
+    rows (`images[j]` is row `image_rows[j]`): a large run brings just the tiles its grids show
+    (`grids.shown_rows`), never every image."""
 
     name: str
     scores: dict[str, np.ndarray]
@@ -30,6 +34,7 @@ class ArmResult:
     images: np.ndarray | None = None
     sample_ids: list[str] | None = None
     prompts: list[str] | None = None  # text-to-image runs: each sample's prompt (a per-prompt table follows)
+    image_rows: list[int] | None = None
 
 
 @dataclass
@@ -57,6 +62,7 @@ class CheckedArm:
     images: np.ndarray | None
     sample_ids: list[str] | None
     prompts: list[str] | None = None
+    image_rows: list[int] | None = None  # the score row of each image; None: one image per row
 
 
 def in_support_rarity(arm: CheckedArm) -> np.ndarray | None:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from minority_core.errors import InputError
+from minority_core.report.grids import shown_rows
 from minority_core.report.model import ArmResult, CheckedArm
 
 
@@ -38,7 +39,8 @@ def _validate_arm(arm: Any) -> CheckedArm:
     scores, n = _check_scores(arm.name, arm.scores)
     if arm.summary is not None and not isinstance(arm.summary, dict):
         raise InputError(f"arm {arm.name!r}: summary must be a dict, got {type(arm.summary).__name__}")
-    images = _check_images(arm.name, arm.images, n)
+    image_rows = _check_image_rows(arm.name, arm.image_rows, n)
+    images = _check_images(arm.name, arm.images, n if image_rows is None else len(image_rows), image_rows is not None)
     ids = None if arm.sample_ids is None else [str(s) for s in arm.sample_ids]
     if ids is not None and n is not None and len(ids) != n:
         raise InputError(f"arm {arm.name!r}: {len(ids)} sample_ids but {n} score rows")
@@ -49,7 +51,11 @@ def _validate_arm(arm: Any) -> CheckedArm:
         prompts = list(arm.prompts)
         if n is not None and len(prompts) != n:
             raise InputError(f"arm {arm.name!r}: {len(prompts)} prompts but {n} score rows")
-    return CheckedArm(arm.name, n, scores, dict(arm.summary or {}), _supported_mask(scores), images, ids, prompts)
+    if images is not None and image_rows is not None and "avgknn" in scores:
+        missing = sorted(set(shown_rows(scores["avgknn"])) - set(image_rows))
+        if missing:
+            raise InputError(f"arm {arm.name!r}: no image for score rows {missing[:8]} that the grids show (give grids.shown_rows)")
+    return CheckedArm(arm.name, n, scores, dict(arm.summary or {}), _supported_mask(scores), images, ids, prompts, image_rows)
 
 
 def _check_scores(name: str, scores: Any) -> tuple[dict[str, np.ndarray], int | None]:
@@ -71,8 +77,21 @@ def _check_scores(name: str, scores: Any) -> tuple[dict[str, np.ndarray], int | 
     return {k: (a.astype(bool) if k == "in_support" else a.astype(np.float64)) for k, a in arrays.items()}, n
 
 
-def _check_images(name: str, images: Any, n: int | None) -> np.ndarray | None:
-    """uint8 NHW / NHWC with 1, 3 or 4 channels, one image per score row."""
+def _check_image_rows(name: str, rows: Any, n: int | None) -> list[int] | None:
+    """Distinct score rows, one per given image (None: the images are one per score row)."""
+    if rows is None:
+        return None
+    if isinstance(rows, str) or not all(isinstance(r, (int, np.integer)) and not isinstance(r, bool) for r in rows):
+        raise InputError(f"arm {name!r}: image_rows must be a list of score row numbers")
+    checked = [int(r) for r in rows]
+    if len(set(checked)) != len(checked) or any(r < 0 or (n is not None and r >= n) for r in checked):
+        raise InputError(f"arm {name!r}: image_rows must be distinct rows in [0, {n}), got {checked[:8]}")
+    return checked
+
+
+def _check_images(name: str, images: Any, n: int | None, subset: bool = False) -> np.ndarray | None:
+    """uint8 NHW / NHWC with 1, 3 or 4 channels, one image per score row (per `image_rows` row
+    when `subset`)."""
     if images is None:
         return None
     array = np.asarray(images)
@@ -82,7 +101,9 @@ def _check_images(name: str, images: Any, n: int | None) -> np.ndarray | None:
         array = array[..., 0] if array.shape[-1] == 1 else array[..., :3]
     elif array.ndim != 3:
         raise InputError(f"arm {name!r}: images must be NHW or NHWC with 1, 3 or 4 channels, got shape {array.shape}")
-    if n is not None and len(array) != n:
+    if subset and len(array) != n:
+        raise InputError(f"arm {name!r}: {len(array)} images but {n} image_rows; give one image per row")
+    if not subset and n is not None and len(array) != n:
         raise InputError(f"arm {name!r}: {len(array)} images but {n} score rows; images must be aligned with scores")
     return array
 

@@ -1,15 +1,22 @@
 """Scoring a run: AvgkNN, LOF and Rarity of every committed features shard against a reference set.
 
-A scores shard is committed to the run's manifest like any other; a rerun skips shards whose
-scores are committed and intact, so scoring resumes per shard.
+`ScoreWorker` loads the reference set and the run's store once and then scores one shard per
+call, so it runs as a Ray actor (tasks/score_pool.py), in-process (`workers=0`), or in a test.
+A scores shard is committed to the run like any other; a rerun skips shards whose scores are
+committed and intact, so scoring resumes per shard. Readers of the scores (`score_table`) read
+only the scores shards: sample ids and four numbers per sample, never images.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
+
 import pyarrow as pa
 
 from minority_core.errors import InputError
-from minority_core.io import Manifest, ShardRecord, ShardStore, features_matrix, scores_table
+from minority_core.io import Manifest, ShardRecord, ShardStore, features_matrix, sample_id, scores_table
+from minority_core.runs.commit import ManifestCommitter
 
 
 def open_run(url: str, storage_options: dict) -> tuple[ShardStore, Manifest]:
@@ -21,10 +28,14 @@ def open_run(url: str, storage_options: dict) -> tuple[ShardStore, Manifest]:
     return store, manifest
 
 
+def scores_kind(manifest: Manifest) -> str:
+    return f"scores/{manifest.config['extractor']}"
+
+
 def unscored(store: ShardStore, manifest: Manifest) -> tuple[list[ShardRecord], int]:
     """The features records that still need scoring, and how many are scored already."""
     extractor = manifest.config["extractor"]
-    done = {r.index for r in manifest.records(f"scores/{extractor}") if store.verify(r)}
+    done = {r.index for r in manifest.records(scores_kind(manifest)) if store.verify(r)}
     return [r for r in manifest.records(f"features/{extractor}") if r.index not in done], len(done)
 
 
@@ -35,6 +46,74 @@ def score_shard(store: ShardStore, refset, record: ShardRecord, extractor: str, 
     return store.write_shard(f"scores/{extractor}", record.index, scores_table(table.column("sample_id").to_pylist(), scores))
 
 
-def read_kind(store: ShardStore, records: list[ShardRecord]) -> pa.Table:
-    """All shards of one kind, concatenated in shard order, checksums verified."""
-    return pa.concat_tables([store.read_shard(r) for r in sorted(records, key=lambda r: r.index)])
+class ScoreWorker:
+    """Scores the features shards of one run against one reference set, loaded once.
+
+    `reference_index` is the saved ReferenceSet's URL (REFERENCE/<extractor>/index). Like the
+    shard worker, a start-up error (a missing or changed reference set) is kept and raised by
+    `ping`, so it reaches the driver as itself in one line rather than as a dead Ray actor."""
+
+    def __init__(self, run: str, reference_index: str, extractor: str, k_avg: int = 5, storage_options: dict | None = None) -> None:
+        self.extractor, self.k_avg = extractor, k_avg
+        self.init_error: Exception | None = None
+        try:
+            from minority_core.metrics import ReferenceSet
+
+            self.store = ShardStore(run, storage_options)
+            self.refset = ReferenceSet.load(reference_index, storage_options)
+        except Exception as exc:
+            self.init_error = exc
+
+    def ping(self) -> int:
+        """The worker's pid once it is ready; its start-up error otherwise."""
+        if self.init_error is not None:
+            raise self.init_error
+        return os.getpid()
+
+    def score_shard(self, record: ShardRecord) -> ShardRecord:
+        """Score one features shard and write its scores shard; returns the scores record."""
+        self.ping()
+        return score_shard(self.store, self.refset, record, self.extractor, self.k_avg)
+
+
+def commit_scores(store: ShardStore, manifest: Manifest, scored: Iterable[ShardRecord]) -> int:
+    """Commit each scores record as it arrives (a failure later keeps what was committed), then
+    store the snapshot once; returns how many were committed.
+
+    The committer gets no samples total: scoring adds no samples shards, and a total would make
+    it store the whole snapshot at every commit."""
+    committer = ManifestCommitter(store, manifest, None)
+    count = 0
+    try:
+        for record in scored:
+            committer.commit_records([record])
+            count += 1
+    except BaseException:
+        committer.close()
+        raise
+    committer.finish()
+    return count
+
+
+def score_table(store: ShardStore, manifest: Manifest) -> pa.Table:
+    """The run's committed scores in shard order (sample_id, avgknn, lof, rarity, in_support),
+    read shard by shard: a few numbers per sample, however large the images are."""
+    records = manifest.records(scores_kind(manifest))
+    if not records:
+        return pa.table({})
+    return pa.concat_tables([store.read_shard(r) for r in records])
+
+
+def check_scores_cover_samples(run: str, store: ShardStore, manifest: Manifest, scores: pa.Table) -> list[ShardRecord]:
+    """The samples records, once the scores are known to cover every sample in the same order.
+
+    Samples shard k holds ids `sample_id(k, row)` in row order, so comparing the scores' ids with
+    those (and the shard indices and row counts) checks the order without reading a samples shard."""
+    samples = manifest.records("samples")
+    rows = sum(r.rows for r in samples)
+    if scores.num_rows != rows:
+        raise InputError(f"{run}: {scores.num_rows} scores for {rows} samples; run `minority-synth score` first")
+    expected = [sample_id(r.index, row) for r in samples for row in range(r.rows)]
+    if scores.column("sample_id").to_pylist() != expected:
+        raise InputError(f"{run}: scores and samples are not in the same order; rerun `minority-synth score`")
+    return samples

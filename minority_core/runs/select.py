@@ -1,5 +1,6 @@
 """Selecting the rarest samples of a scored run: a selection list (ids + score), never a second
-copy of the images."""
+copy of the images. It reads the scores shards, plus, for a text-to-image run, the prompt of each
+scored sample, one samples shard at a time: no image is decoded or held."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pyarrow as pa
 
 from minority_core.errors import InputError
 from minority_core.io import SCORE_COLUMNS, Manifest, ShardStore
-from minority_core.runs.scoring import read_kind
+from minority_core.runs.scoring import score_table, scores_kind
 
 
 def select_rarest(
@@ -20,7 +21,7 @@ def select_rarest(
     `per_prompt`: the top fraction of each prompt's samples (at least one each), so every prompt
     contributes its own rare cases rather than the rarest prompt all of them."""
     check_rule(metric, top_q, threshold, per_prompt)
-    scores = read_kind(store, manifest.records(f"scores/{manifest.config['extractor']}"))
+    scores = score_table(store, manifest)
     if scores.num_rows == 0:
         raise InputError(f"{store.url} has no scores yet: run `minority-synth score` first")
     prompts = prompts_by_score_row(store, manifest, scores)
@@ -63,15 +64,26 @@ def top_fraction(rows: np.ndarray, values: np.ndarray, top_q: float) -> np.ndarr
 
 def prompts_by_score_row(store: ShardStore, manifest: Manifest, scores: pa.Table) -> list[str] | None:
     """Each scored sample's prompt (None for runs without prompts), matched by sample id. Only a
-    text-to-image run (prompts in its recorded sampler config) has its samples shards read."""
+    text-to-image run (prompts in its recorded sampler config) has its samples shards read, one at
+    a time: each scores shard's samples shard (the same index)."""
     if not (manifest.config.get("sampler") or {}).get("prompts"):
         return None
-    samples = read_kind(store, manifest.records("samples"))
-    prompts = prompts_of(samples)
-    if prompts is None:
-        return None
-    by_id = dict(zip(samples.column("sample_id").to_pylist(), prompts, strict=True))
-    return [by_id[i] for i in scores.column("sample_id").to_pylist()]
+    samples_records = {r.index: r for r in manifest.records("samples")}
+    prompts: list[str] = []
+    for record in manifest.records(scores_kind(manifest)):
+        if record.index not in samples_records:
+            raise InputError(f"{store.url}: scores shard {record.index:05d} has no committed samples shard; rerun `minority-synth synthesize`")
+        samples = store.read_shard(samples_records[record.index])
+        shard_prompts = prompts_of(samples)
+        if shard_prompts is None:
+            return None
+        by_id = dict(zip(samples.column("sample_id").to_pylist(), shard_prompts, strict=True))
+        start = len(prompts)
+        try:
+            prompts.extend(by_id[i] for i in scores.column("sample_id").slice(start, record.rows).to_pylist())
+        except KeyError as err:
+            raise InputError(f"{store.url}: scored sample {err.args[0]} is not in samples shard {record.index:05d}; rerun `minority-synth score`") from None
+    return prompts
 
 
 def prompts_of(samples: pa.Table) -> list[str] | None:
