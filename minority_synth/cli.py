@@ -222,6 +222,25 @@ def score_cmd(run_url, reference, k_avg, workers, storage_option):
     click.echo(json.dumps(score(normalise_out(run_url), normalise_out(reference), k_avg=k_avg, storage_options=_storage(storage_option), workers=workers), indent=2))
 
 
+@main.command("verify")
+@click.option("--run", "run_url", required=True, help="a run (folder or URL)")
+@click.option("--repair", is_flag=True, help="forget and delete the bad shards, so the next synthesize/score regenerates exactly those")
+@click.option("--workers", type=int, default=4, show_default=True, help="shards read in parallel")
+@storage_option
+@friendly_errors
+def verify_cmd(run_url, repair, workers, storage_option):
+    """Read back every committed shard of a run and check size, sha256 and rows (resume only lists
+    files). Exit 1 if a shard is bad and was not repaired."""
+    from minority_core.runs.scoring import open_run
+    from minority_core.runs.verify import verify_run
+
+    store, manifest = open_run(normalise_out(run_url), _storage(storage_option))
+    result = verify_run(store, manifest, workers=workers, repair=repair)
+    click.echo(json.dumps(result, indent=2))
+    if result["bad"] and not result["repaired"]:
+        raise SystemExit(1)
+
+
 @main.command("filter")
 @click.option("--run", "run_url", required=True)
 @click.option("--metric", type=click.Choice(["avgknn", "lof", "rarity"]), default="avgknn", show_default=True)
