@@ -1,23 +1,30 @@
 """Orchestration overhead: the synthesis flow (Prefect + Ray + Parquet) vs the same work in a plain loop (docs/DESIGN.md §6).
 
-(a) Plain loop, one process, no Prefect, no Ray: per shard `generate` → labels → `samples_table`
-    → features → `ShardStore.write_shard` for the features and the samples shard: what a Ray
-    actor (`minority_core.runs.worker.ShardWorker`) does per shard, with the same sampler config,
-    extractor and shard seeds as the flow. Run with 2 torch threads and with 1.
-(b) `flows.synthesize.synthesize` with 1 and 2 Ray CPU actors. Each actor has `num_cpus=1`,
-    so Ray gives it one OMP/torch thread: the 1-worker flow is like for like with the
-    1-thread plain loop; the 2-worker flow uses the machine's 2 cores as the 2-thread loop does,
-    but as two processes instead of intra-op threads.
+Two parts, each comparing `flows.synthesize.synthesize` with a plain loop that does the actors'
+per-shard work (`ShardWorker.generate_shard`: generate → labels → samples table → features →
+write both shards) in this process, with the same config and shard seeds, without Prefect, Ray
+or a commit:
 
-Fixed start-up costs are shown separately: the Prefect ephemeral server (a no-op flow, first
-in the process), `ray.init` (once per process), and a warm-up flow run (one shard). The timed
-flow runs then write into fresh outputs; each still starts its actors and loads the model in
-them (the "pool start" column), which a run of a few minutes amortises.
+(1) overhead at a run of a few minutes (default: the bundled digits model, 1024 samples, 100
+    steps): flow wall / plain-loop wall with 1 and 2 Ray CPU actors. Each actor has
+    `num_cpus=1`, so Ray gives it one OMP/torch thread: the 1-worker flow is like for like with
+    the 1-thread plain loop; the 2-worker flow uses the machine's 2 cores as the 2-thread loop
+    does, but as two processes instead of intra-op threads. Target: ≤ 10 % of wall time.
+(2) per-shard cost with a near-free model (`--scaling-steps 2`, shards of 1 sample) at 1 worker
+    for N = 100, 300, 1000 shards: overhead per shard = (flow wall − plain-loop wall) / N, the
+    fitted growth exponent of flow wall vs N (target ≈ 1.0: no cost that grows with the run),
+    the marginal overhead per shard from a linear fit (fixed costs such as starting the actor
+    drop out), the Prefect task runs each flow run created (read back from the API), and the
+    CPU time per shard of the driver, the Prefect API server, the actor and Ray's own
+    processes. Target: ≤ 25 ms per shard.
 
-Target (docs/DESIGN.md §6): overhead ≤ 10 % of wall time at a run of a few minutes; throughput scales
-with workers.
+Fixed start-up costs are shown separately: the Prefect ephemeral server (a no-op flow, first in
+the process), `ray.init` (once per process), and a warm-up flow run (one shard). Every timed
+flow run writes into a fresh output and starts its actors and loads the model in them (the
+"pool start" column).
 
-    python benchmarks/pipeline_overhead.py                          # bundled:digits, 1024 samples, 100 steps
+    python benchmarks/pipeline_overhead.py                          # both parts, bundled:digits
+    python benchmarks/pipeline_overhead.py --part scaling --scaling-shards 100,300
     python benchmarks/pipeline_overhead.py --model diffusers:/tmp/unet --extractor pixels --num-samples 256 --steps 20
 """
 
@@ -30,7 +37,7 @@ from _common import check_model, private_prefect_home  # first: env defaults bef
 private_prefect_home("bench-prefect-home-")
 
 import argparse
-import dataclasses
+import math
 import shutil
 import tempfile
 import time
@@ -38,16 +45,21 @@ from pathlib import Path
 
 import torch
 
-TARGET_OVERHEAD = 0.10  # docs/DESIGN.md §6
+TARGET_OVERHEAD = 0.10  # docs/DESIGN.md §6: share of wall time at a run of a few minutes
+TARGET_PER_SHARD_MS = 25.0  # docs/DESIGN.md §8: orchestration per shard, near-free model, 1 worker
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", choices=("all", "overhead", "scaling"), default="all", help="(1) overhead at a few-minute run, (2) per-shard scaling, or both")
     p.add_argument("--model", default="bundled:digits", help="any load_model spec: bundled:digits, diffusers:PATH, adm:PATH")
     p.add_argument("--num-samples", type=int, default=1024)
     p.add_argument("--shard-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--workers", default="1,2", help="comma-separated Ray worker counts to time")
+    p.add_argument("--workers", default="1,2", help="comma-separated Ray worker counts to time in part (1)")
+    p.add_argument("--scaling-shards", default="100,300,1000", help="comma-separated shard counts of part (2) (1 sample each)")
+    p.add_argument("--scaling-steps", type=int, default=2, help="sampling steps in part (2): a near-free model")
     p.add_argument("--extractor", default=None, help="feature extractor (default: the model preset's; use pixels for a random model)")
     p.add_argument("--guidance-scale", type=float, default=None, help="w (default: the model preset's; 0 = unguided)")
     p.add_argument("--seed", type=int, default=0)
@@ -55,63 +67,131 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     try:
         args.workers = sorted({int(w) for w in args.workers.split(",") if w.strip()})
+        args.scaling_shards = sorted({int(n) for n in args.scaling_shards.split(",") if n.strip()})
     except ValueError:
-        p.error(f"--workers must be comma-separated integers, got {args.workers!r}")
+        p.error("--workers and --scaling-shards must be comma-separated integers")
     if not args.workers or min(args.workers) < 1:
         p.error("--workers needs counts ≥ 1 (0 would be the in-process pool, not Ray)")
-    for name in ("num_samples", "shard_size"):
+    if args.part != "overhead" and (len(args.scaling_shards) < 2 or min(args.scaling_shards) < 1):
+        p.error("--scaling-shards needs at least two counts ≥ 1 (the growth exponent is fitted over them)")
+    for name in ("num_samples", "shard_size", "steps", "scaling_steps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be ≥ 1")
     return args
 
 
-def make_config(args, out: str, workers: int, num_samples: int | None = None):
+def make_config(args, out: str, workers: int, num_samples: int | None = None, shard_size: int | None = None, steps: int | None = None):
     from minority_core.config import SynthesisConfig
 
     return SynthesisConfig.from_options(
-        model=args.model, num_samples=num_samples or args.num_samples, shard_size=args.shard_size, out=out,
-        steps=args.steps, guidance_scale=args.guidance_scale, extractor=args.extractor, workers=workers, seed=args.seed,
+        model=args.model, num_samples=num_samples or args.num_samples, shard_size=shard_size or args.shard_size, out=out,
+        steps=steps or args.steps, guidance_scale=args.guidance_scale, extractor=args.extractor, workers=workers, seed=args.seed,
     )
 
 
-# ---------------------------------------------------------------- (a) the plain loop
+# ---------------------------------------------------------------- the plain loop
 
 
 def plain_loop(config, threads: int) -> dict:
-    """The actor's per-shard work, in this process, shard after shard; no Prefect, no Ray, no manifest."""
-    from minority_core.demo.labeling import label_samples
-    from minority_core.io import ShardStore, features_table, sample_id, samples_table
-    from minority_core.io.images import to_uint8_nhwc
-    from minority_core.metrics.features import get_extractor
-    from minority_core.models import load_model
-    from minority_core.runs.generate import generate
-    from minority_core.runs.plan import shard_seed
+    """The actor's per-shard work, in this process, shard after shard; no Prefect, no Ray, no commit."""
+    from minority_core.runs.plan import shard_specs
+    from minority_core.runs.worker import ShardWorker
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    loaded = load_model(config.model.spec, "cpu")
-    extractor = get_extractor(config.output.extractor, device="cpu")
-    sampler = config.sampler
-    store = ShardStore(config.output.out)
+    worker = ShardWorker(config.model_dump(mode="json"))
+    worker.ping()
     setup = time.perf_counter() - start
-    scale = 0.0 if sampler.guidance is None else sampler.guidance.scale
     records = {}
+    o = config.output
     start = time.perf_counter()
-    for k in range(-(-config.output.num_samples // config.output.shard_size)):
-        rows = min(config.output.shard_size, config.output.num_samples - k * config.output.shard_size)
-        seed = shard_seed(config.output.seed, k)
-        images, class_labels = generate(loaded, rows, sampler, seed, "cpu")
-        labels = class_labels.numpy() if class_labels is not None else label_samples(loaded.spec, images)
-        table = samples_table(to_uint8_nhwc(images), k, seed, labels=labels, guidance=scale, arm=config.output.arm)
-        with torch.no_grad():
-            feats = extractor(images)
-        ids = [sample_id(k, row) for row in range(rows)]
-        for record in (store.write_shard(f"features/{extractor.name}", k, features_table(ids, feats)), store.write_shard("samples", k, table)):
+    for spec in shard_specs(o.num_samples, o.shard_size, o.seed):
+        result = worker.generate_shard(spec.index, spec.rows, spec.seed, spec.first_index)
+        for record in (result.features, result.samples):
             records[record.key] = record.sha256
     return {"setup": setup, "loop": time.perf_counter() - start, "records": records}
 
 
-# ---------------------------------------------------------------- (b) the flow
+# ---------------------------------------------------------------- the flow, observed
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (all its threads), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree() -> dict[int, str]:
+    """This process and every descendant: pid → the role it plays in a flow run."""
+    parents, commands = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                commands[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    tree, frontier = {os.getpid(): "driver"}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                command = commands.get(pid, "")
+                tree[pid] = "prefect api" if "prefect.server.api.server" in command else "ray"
+                frontier.append(pid)
+    return tree
+
+
+class CpuMeter:
+    """CPU seconds each role (driver, Prefect API, actors, Ray's own processes) spent over a flow
+    run. Actors die when the pool shuts down, so the pool is read just before that, too."""
+
+    def __init__(self) -> None:
+        self.before = {pid: (role, cpu_seconds(pid) or 0.0) for pid, role in process_tree().items()}
+        self.peak: dict[int, tuple[str, float]] = {}
+        self.actor_pids: set[int] = set()
+
+    def sample(self) -> None:
+        for pid, role in process_tree().items():
+            seconds = cpu_seconds(pid)
+            if seconds is not None:
+                role = "actor" if pid in self.actor_pids else role
+                self.peak[pid] = (role, max(seconds, self.peak.get(pid, (role, 0.0))[1]))
+
+    def totals(self) -> dict[str, float]:
+        self.sample()
+        spent: dict[str, float] = {}
+        for pid, (role, seconds) in self.peak.items():
+            spent[role] = spent.get(role, 0.0) + seconds - self.before.get(pid, (role, 0.0))[1]
+        return spent
+
+
+def task_run_count(flow_run_id) -> int:
+    """Task runs the API recorded for one flow run (recorded from events, so read until stable)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def count() -> int:
+        total, offset = 0, 0
+        with get_client(sync_client=True) as client:
+            while True:
+                page = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])), limit=200, offset=offset)
+                total += len(page)
+                offset += len(page)
+                if len(page) < 200:
+                    return total
+
+    last, deadline = -1, time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = count()
+        if now == last:
+            return now
+        last = now
+        time.sleep(1.0)
+    return last
 
 
 def flow_records(out: str) -> dict:
@@ -127,31 +207,77 @@ def same_bytes(a: dict, b: dict) -> str:
     return f"{sum(a[k] == b[k] for k in common)}/{max(len(a), len(b))}"
 
 
-def main() -> None:
-    args = parse_args()
-    check_model(args.model)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+class FlowRunner:
+    """Runs the synthesis flow, timing its pool start and metering CPU per process role."""
+
+    def __init__(self) -> None:
+        import flows.synthesize as synth
+
+        self.synth = synth
+        self.original_make_pool = synth.make_pool
+        self.pool_seconds = 0.0
+        self.meter: CpuMeter | None = None
+        synth.make_pool = self._timed_make_pool
+
+    def _timed_make_pool(self, config):
+        from tasks.ray_pool import call
+
+        start = time.perf_counter()
+        pool = self.original_make_pool(config)
+        self.pool_seconds = time.perf_counter() - start
+        if self.meter is not None:  # actors are counted from here on: their start and model load are the pool's
+            self.meter.actor_pids = {call(actor, "ping") for actor in pool.actors}
+            for pid in self.meter.actor_pids:
+                self.meter.before[pid] = ("actor", cpu_seconds(pid) or 0.0)
+            shutdown, meter = pool.shutdown, self.meter
+
+            def metered_shutdown() -> None:
+                meter.sample()
+                shutdown()
+
+            pool.shutdown = metered_shutdown
+        return pool
+
+    def run(self, config) -> dict:
+        self.pool_seconds = 0.0
+        self.meter = CpuMeter()
+        start = time.perf_counter()
+        state = self.synth.synthesize(config, return_state=True)
+        wall = time.perf_counter() - start
+        summary = state.result()
+        cpu = self.meter.totals()
+        return {"wall": wall, "pool": self.pool_seconds, "summary": summary, "cpu": cpu,
+                "task_runs": task_run_count(state.state_details.flow_run_id), "records": flow_records(config.output.out)}
+
+    def close(self) -> None:
+        self.synth.make_pool = self.original_make_pool
+
+
+def fit_power(xs: list[float], ys: list[float]) -> float:
+    """Least-squares exponent k of y ≈ c · x^k."""
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+
+
+def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares (intercept, slope) of y ≈ a + b · x."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sum((a - mx) ** 2 for a in xs)
+    return my - slope * mx, slope
+
+
+# ---------------------------------------------------------------- the two parts
+
+
+def overhead_part(args, tmp: Path, runner: FlowRunner, say) -> None:
+    """(1) overhead share of wall time at a run of a few minutes, 1 and 2 workers."""
     n = args.num_samples
     shards = -(-n // args.shard_size)
-    log = []
-
-    def say(line: str = "") -> None:
-        print(line, flush=True)
-        log.append(line)
-
-    first = make_config(args, str(tmp / "check"), max(args.workers))
-    sampler = first.sampler_config()
+    sampler = make_config(args, str(tmp / "check"), 1).sampler
     g = sampler.guidance
-    say(f"model {args.model}, {n} samples in {shards} shards of {args.shard_size}, {sampler.sampler} {sampler.steps} steps, "
-        f"guidance {'none' if g is None else f'w={g.scale} every={g.every}'}, extractor {first.resolved_extractor()}, batch {sampler.batch_size}")
-    say(f"cpu cores {os.cpu_count()}, load (uptime) at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}, outputs under {tmp}")
-
-    # warm this process's torch kernels so the first plain run is not charged for lazy init
-    from minority_core.models import load_model
-    from minority_core.runs.generate import generate
-
-    generate(load_model(args.model, "cpu"), 2, dataclasses.replace(sampler, steps=2), 0)
-
+    say(f"(1) overhead at a run of a few minutes: model {args.model}, {n} samples in {shards} shards of {args.shard_size}, {sampler.sampler} "
+        f"{sampler.steps} steps, guidance {'none' if g is None else f'w={g.scale} every={g.every}'}, batch {sampler.batch_size}")
     plain = {}
     for threads in (2, 1):
         result = plain_loop(make_config(args, str(tmp / f"plain-{threads}t"), 1), threads)
@@ -159,11 +285,91 @@ def main() -> None:
         say(f"plain loop, {threads} torch thread(s): set-up {result['setup']:.1f} s (model + extractor), "
             f"loop {result['loop']:.1f} s, {n / result['loop']:.1f} samples/s")
     torch.set_num_threads(2)
+    runs = {}
+    for workers in args.workers:
+        run = runner.run(make_config(args, str(tmp / f"flow-{workers}w"), workers))
+        runs[workers] = run
+        in_worker = (run["summary"]["seconds_per_sample"] or 0.0) * n
+        say(f"flow, {workers} Ray worker(s): wall {run['wall']:.1f} s, of which pool start (actors + model load) {run['pool']:.1f} s, "
+            f"Prefect flow-run bookkeeping outside the flow body {run['wall'] - run['summary']['seconds']:.1f} s; "
+            f"in-actor shard time {in_worker:.1f} s summed over actors; {n / run['wall']:.1f} samples/s; {run['task_runs']} task runs")
+
+    say()
+    say("overhead = flow wall / plain-loop wall (the loop excludes its own model loading; the flow's wall includes starting actors and loading the model in them)")
+    say(f"{'comparison':<50} {'plain s':>8} {'flow s':>8} {'ratio':>7} {'excl. pool start':>17} {'samples/s flow':>15} {'same bytes':>11}")
+    rows = []
+    for workers in args.workers:
+        run = runs[workers]
+        for threads in ((1, 2) if workers == 1 else (2,)):
+            base = plain[threads]["loop"]
+            ratio = run["wall"] / base
+            steady = (run["wall"] - run["pool"]) / base
+            label = f"{workers} worker(s) vs plain {threads} thread(s)" + (" (like for like)" if workers == threads else "")
+            rows.append((workers, threads, ratio, steady))
+            say(f"{label:<50} {base:>8.1f} {run['wall']:>8.1f} {ratio:>6.2f}x {steady:>16.2f}x {n / run['wall']:>15.1f} "
+                f"{same_bytes(run['records'], plain[threads]['records']):>11}")
+    if len(args.workers) > 1:
+        lo, hi = args.workers[0], args.workers[-1]
+        say(f"throughput scaling {lo} -> {hi} workers: {runs[lo]['wall'] / runs[hi]['wall']:.2f}x "
+            f"(plain loop 1 -> 2 threads: {plain[1]['loop'] / plain[2]['loop']:.2f}x)")
+    for workers, threads, ratio, steady in (r for r in rows if r[0] == r[1]):
+        verdict = "meets" if ratio - 1 <= TARGET_OVERHEAD else "MISSES"
+        say(f"overhead at {workers} worker(s) vs plain {threads} thread(s): {100 * (ratio - 1):+.1f} % of wall time "
+            f"({100 * (steady - 1):+.1f} % without pool start; target <= {100 * TARGET_OVERHEAD:.0f} %; {verdict} it)")
+
+
+def scaling_part(args, tmp: Path, runner: FlowRunner, say) -> None:
+    """(2) per-shard overhead and growth with a near-free model, shards of one sample, 1 worker."""
+    say(f"(2) per-shard cost, near-free model: {args.model}, {args.scaling_steps} steps, shards of 1 sample, 1 Ray worker vs plain loop with 1 thread")
+    say(f"{'shards':>7} {'plain s':>8} {'flow s':>8} {'pool s':>7} {'overhead ms/shard':>18} {'excl. pool':>11} {'task runs':>10} "
+        f"{'cpu ms/shard: driver':>21} {'prefect api':>12} {'actor':>6} {'ray':>6} {'same bytes':>11}")
+    sizes, walls, plains = [], [], []
+    for n in args.scaling_shards:
+        cfg = lambda name, n=n: make_config(args, str(tmp / f"{name}-{n}"), 1, num_samples=n, shard_size=1, steps=args.scaling_steps)  # noqa: E731
+        plain = plain_loop(cfg("plain"), 1)
+        torch.set_num_threads(2)
+        run = runner.run(cfg("flow"))
+        per_shard = 1000 * (run["wall"] - plain["loop"]) / n
+        steady = 1000 * (run["wall"] - run["pool"] - plain["loop"]) / n
+        cpu = {role: 1000 * seconds / n for role, seconds in run["cpu"].items()}
+        say(f"{n:>7} {plain['loop']:>8.1f} {run['wall']:>8.1f} {run['pool']:>7.1f} {per_shard:>18.1f} {steady:>11.1f} {run['task_runs']:>10} "
+            f"{cpu.get('driver', 0):>21.1f} {cpu.get('prefect api', 0):>12.1f} {cpu.get('actor', 0):>6.1f} {cpu.get('ray', 0):>6.1f} "
+            f"{same_bytes(run['records'], plain['records']):>11}")
+        sizes.append(n)
+        walls.append(run["wall"])
+        plains.append(plain["loop"])
+    exponent = fit_power(sizes, walls)
+    fixed, slope = fit_line(sizes, walls)
+    plain_slope = fit_line(sizes, plains)[1]
+    marginal = 1000 * (slope - plain_slope)
+    largest = 1000 * (walls[-1] - plains[-1]) / sizes[-1]
+    say(f"flow wall ≈ {fixed:.1f} s + {1000 * slope:.1f} ms · N (plain loop {1000 * plain_slope:.1f} ms · N); growth exponent of flow wall vs N: "
+        f"{exponent:.2f} (target ≈ 1.0)")
+    verdict = "meets" if largest <= TARGET_PER_SHARD_MS else "MISSES"
+    say(f"orchestration per shard: {largest:.1f} ms amortised at {sizes[-1]} shards, {marginal:.1f} ms marginal (fixed costs excluded); "
+        f"target <= {TARGET_PER_SHARD_MS:.0f} ms; {verdict} it")
+
+
+def main() -> None:
+    args = parse_args()
+    check_model(args.model)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    log = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        log.append(line)
+
+    first = make_config(args, str(tmp / "check"), max(args.workers))
+    say(f"cpu cores {os.cpu_count()}, load (uptime) at start {' '.join(f'{v:.2f}' for v in os.getloadavg())}, extractor "
+        f"{first.output.extractor}, outputs under {tmp}")
+
+    # warm this process's torch kernels so the first plain run is not charged for lazy init
+    plain_loop(make_config(args, str(tmp / "warm-plain"), 1, num_samples=2, shard_size=1, steps=2), 2)
 
     import ray
     from prefect import flow
 
-    import flows.synthesize as synth
     from tasks.ray_pool import ensure_ray
 
     @flow(name="bench-noop")
@@ -184,62 +390,23 @@ def main() -> None:
         return t.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
 
     actor_torch_threads, actor_omp = ray.get(actor_threads.remote())
-
-    pool_times: list[float] = []
-    original_make_pool = synth.make_pool
-
-    def timed_make_pool(config):
-        t = time.perf_counter()
-        pool = original_make_pool(config)
-        pool_times.append(time.perf_counter() - t)
-        return pool
-
-    synth.make_pool = timed_make_pool
-
+    runner = FlowRunner()
     start = time.perf_counter()
-    synth.synthesize(make_config(args, str(tmp / "flow-warmup"), max(args.workers), num_samples=min(n, args.shard_size)))
+    runner.synth.synthesize(make_config(args, str(tmp / "flow-warmup"), max(args.workers), num_samples=1, shard_size=1, steps=2))
     warmup = time.perf_counter() - start
     say(f"fixed start-up, once per process: Prefect ephemeral server + first flow run {prefect_start:.1f} s, "
-        f"ray.init(num_cpus={max(args.workers)}) {ray_init:.1f} s, warm-up flow run (1 shard, {max(args.workers)} actors) {warmup:.1f} s")
+        f"ray.init(num_cpus={max(args.workers)}) {ray_init:.1f} s, warm-up flow run (1 shard of 1 sample, {max(args.workers)} actors) {warmup:.1f} s")
     say(f"a Ray task with num_cpus=1 sees torch threads = {actor_torch_threads} (OMP_NUM_THREADS={actor_omp})")
-
-    runs = {}
-    for workers in args.workers:
-        out = str(tmp / f"flow-{workers}w")
-        start = time.perf_counter()
-        summary = synth.synthesize(make_config(args, out, workers))
-        wall = time.perf_counter() - start
-        in_worker = (summary["seconds_per_sample"] or 0.0) * n
-        runs[workers] = {"wall": wall, "pool": pool_times[-1], "in_worker": in_worker, "records": flow_records(out)}
-        say(f"flow, {workers} Ray worker(s): wall {wall:.1f} s, of which pool start (actors + model load) {pool_times[-1]:.1f} s, "
-            f"Prefect flow-run bookkeeping outside the flow body {wall - summary['seconds']:.1f} s; "
-            f"in-actor shard time {in_worker:.1f} s summed over actors; {n / wall:.1f} samples/s")
-    synth.make_pool = original_make_pool
-
     say()
-    say("overhead = flow wall / plain-loop wall (the loop excludes its own model loading; the flow's wall includes starting actors and loading the model in them)")
-    say(f"{'comparison':<50} {'plain s':>8} {'flow s':>8} {'ratio':>7} {'excl. pool start':>17} {'samples/s flow':>15} {'same bytes':>11}")
-    rows = []
-    for workers in args.workers:
-        run = runs[workers]
-        for threads in ((1, 2) if workers == 1 else (2,)):
-            base = plain[threads]["loop"]
-            ratio = run["wall"] / base
-            steady = (run["wall"] - run["pool"]) / base
-            label = f"{workers} worker(s) vs plain {threads} thread(s)" + (" (like for like)" if workers == threads else "")
-            rows.append((workers, threads, ratio, steady))
-            say(f"{label:<50} {base:>8.1f} {run['wall']:>8.1f} {ratio:>6.2f}x {steady:>16.2f}x {n / run['wall']:>15.1f} "
-                f"{same_bytes(run['records'], plain[threads]['records']):>11}")
-    if len(args.workers) > 1:
-        lo, hi = args.workers[0], args.workers[-1]
-        say(f"throughput scaling {lo} -> {hi} workers: {runs[lo]['wall'] / runs[hi]['wall']:.2f}x "
-            f"(plain loop 1 -> 2 threads: {plain[1]['loop'] / plain[2]['loop']:.2f}x)")
+    try:
+        if args.part in ("all", "overhead"):
+            overhead_part(args, tmp, runner, say)
+            say()
+        if args.part in ("all", "scaling"):
+            scaling_part(args, tmp, runner, say)
+    finally:
+        runner.close()
     say(f"load (uptime) at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    like = [r for r in rows if r[0] == r[1]]
-    for workers, threads, ratio, steady in like:
-        verdict = "meets" if ratio - 1 <= TARGET_OVERHEAD else "MISSES"
-        say(f"overhead at {workers} worker(s) vs plain {threads} thread(s): {100 * (ratio - 1):+.1f} % of wall time "
-            f"({100 * (steady - 1):+.1f} % without pool start; target <= {100 * TARGET_OVERHEAD:.0f} %; {verdict} it)")
 
     ray.shutdown()
     if args.keep:

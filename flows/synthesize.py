@@ -1,8 +1,9 @@
 """The main job: plan shards → generate them on Ray actors → commit each → manifest → summary.
 
 Runs under Prefect (the ephemeral API when no server is configured). Ray is started in the
-flow's own (main) thread; the per-shard Prefect tasks run in threads and each borrows an idle
-actor, so there are never more shards in flight than actors, and each shard is one task run.
+flow's own (main) thread. The work is a few Prefect task runs whatever the shard count: one
+`generate-lane` per actor, run in threads, each pulling shards from one shared queue and
+committing them; progress reaches the UI through a rate-limited progress artifact.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from tqdm.auto import tqdm
 
 from minority_core.config import SynthesisConfig
 from tasks.ray_pool import ActorPool, InProcessPool
-from tasks.synthesis import ManifestCommitter, features_kind, generate_shard, open_store, plan_shards, progress_reporter
+from tasks.synthesis import LaneTotals, ManifestCommitter, Progress, ShardQueue, features_kind, generate_lane, open_store, plan_shards
+
+MAX_LANES = 1024  # threads for lanes, one per actor (one per GPU on a cluster); created only as lanes start
 
 
 def _run_name() -> str:
@@ -38,7 +41,7 @@ def make_pool(config: SynthesisConfig):
     return ActorPool(worker_kwargs, config.execution.workers, config.execution.ray_address)
 
 
-@flow(name="synthesize-run", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=64), log_prints=True)
+@flow(name="synthesize-run", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_LANES), log_prints=True)
 def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
     """Generate `config.output.num_samples` samples as Parquet shards under `config.output.out`; resumable."""
     logger = get_run_logger()
@@ -47,30 +50,29 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
     plan = plan_shards(config)
     store = open_store(config)
     progress_id = create_progress_artifact(100.0 * plan.done / plan.total, key=f"synthesis-progress-{o.arm}", description=f"shards committed of {plan.total}")
-    committer = ManifestCommitter(store, plan.manifest, plan.total, progress_reporter(progress_id))
-    results = []
+    totals = LaneTotals()
     if plan.pending:
         pool = make_pool(config)
         bar = tqdm(total=plan.total, initial=plan.done, desc=f"shards ({o.arm})", unit="shard", disable=not progress)
-        in_flight = []
+        reporter = Progress(progress_id, plan.total, plan.done, logger, bar)
+        committer = ManifestCommitter(store, plan.manifest, plan.total, reporter)
+        work = ShardQueue(plan.pending)
+        lanes = []
         try:
-            queue = list(plan.pending)
-            while queue or in_flight:
-                while queue and len(in_flight) < len(pool.actors):
-                    in_flight.append(generate_shard.submit(pool, queue.pop(0), committer))
-                done = next(as_completed(in_flight))
-                in_flight.remove(done)
-                results.append(done.result())  # raises the task's error after its retries
-                bar.update(1)
+            lanes = [generate_lane.submit(pool, lane, work, committer) for lane in range(len(pool.actors))]
+            for lane in as_completed(lanes):
+                totals.merge(lane.result())  # a lane's error is a shard's, after that shard's retries
         except BaseException:
+            work.stop()
             committer.close()
             pool.shutdown()
-            wait(in_flight, timeout=120)  # their workers are gone or finishing
+            wait(lanes, timeout=120)  # their workers are gone or finishing
             committer.discard_uncommitted(("samples", features_kind(config)), logger)
             raise
         finally:
             bar.close()
             pool.shutdown()
+        reporter.finish(committer.committed_count())  # the committer stored the snapshot manifest with its last shard
     report_url = None
     if o.reference:
         from flows.scoring import ensure_reference, report, score
@@ -79,25 +81,22 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         score(o.out, o.reference, storage_options=o.storage_options)
         report_url = report([o.out], o.reference, o.out, title=f"minority-synth: {o.arm} ({config.model.spec})", storage_options=o.storage_options)["report"]
     seconds = time.monotonic() - start
-    generated = sum(r.samples.rows for r in results)
     summary = {
         "out": o.out,
         "arm": o.arm,
         "model": config.model.spec,
         "samples": sum(r.rows for r in plan.manifest.records("samples")),
         "shards": plan.total,
-        "generated_shards": len(results),
-        "skipped_shards": plan.total - len(results),
+        "generated_shards": totals.shards,
+        "skipped_shards": plan.total - totals.shards,
         "seconds": round(seconds, 2),
-        "seconds_per_sample": sum(r.seconds for r in results) / generated if generated else None,
+        "seconds_per_sample": totals.seconds / totals.rows if totals.rows else None,
         "manifest": store.url_of("manifest.json"),
         "report": report_url,
     }
     create_markdown_artifact(_summary_markdown(config, summary), key=f"synthesis-summary-{o.arm}", description="synthesis run summary")
     logger.info("synthesis done: %s", summary)
     return summary
-
-
 def _summary_markdown(config: SynthesisConfig, summary: dict) -> str:
     sampler = config.sampler
     g = sampler.guidance

@@ -3,8 +3,9 @@
 One actor per GPU (`num_gpus=1`) where Ray sees GPUs, else `workers` CPU actors (`num_cpus=1`,
 so Ray pins each to one OMP thread and their results do not depend on the pool size). Actors
 restart after a crash and Ray retries the interrupted call (writes are idempotent: same seed,
-same bytes, atomic commit). Prefect tasks borrow an idle actor from a queue, so as many shards
-run at once as there are actors.
+same bytes, atomic commit). A lane of the synthesis flow borrows one idle actor for its life and
+may queue a second call behind the running one (`pipelined`), so the actor never waits for the
+driver between two short shards.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 class ActorPool:
     """Idle actors in a queue; `borrow()` blocks until one is free."""
+
+    pipelined = True  # an actor runs its calls in order: the next one may wait on the actor, not in the driver
 
     def __init__(self, worker_kwargs: dict, workers: int, ray_address: str | None = None) -> None:
         import ray
@@ -84,6 +87,8 @@ class ActorPool:
 class InProcessPool:
     """`workers = 0`: one ShardWorker in this process (no Ray) — for memory:// and the baseline."""
 
+    pipelined = False  # a local call runs when it is made: queuing a second one would only delay the first commit
+
     def __init__(self, worker_kwargs: dict) -> None:
         self.worker = ShardWorker(**worker_kwargs)
         self.worker.ping()  # its start-up error, if any
@@ -97,18 +102,41 @@ class InProcessPool:
         pass
 
 
-def call(actor: object, method: str, *args):
-    """Call a worker method on a Ray actor or a local worker alike."""
-    import ray
+class Call:
+    """A worker call made with `submit`: `result()` waits for it and returns its value or raises
+    the worker's own error (StorageError, NonFiniteSampleError, ...), not Ray's wrapper."""
 
+    def __init__(self, ref: object = None, value: object = None, error: BaseException | None = None) -> None:
+        self._ref, self._value, self._error = ref, value, error
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        if self._ref is None:
+            return self._value
+        import ray
+
+        try:
+            return ray.get(self._ref)
+        except ray.exceptions.RayTaskError as err:
+            # the worker's one-line message, not Ray's wrapper whose text starts with the remote
+            # traceback; that stays chained
+            if isinstance(err.cause, Exception):
+                raise err.cause from err
+            raise
+
+
+def submit(actor: object, method: str, *args) -> Call:
+    """Start a worker method on a Ray actor (returns at once) or run it on a local worker."""
     fn = getattr(actor, method)
-    if not hasattr(fn, "remote"):
-        return fn(*args)
+    if hasattr(fn, "remote"):
+        return Call(ref=fn.remote(*args))
     try:
-        return ray.get(fn.remote(*args))
-    except ray.exceptions.RayTaskError as err:
-        # the worker's own error (StorageError, NonFiniteSampleError, ...) with its one-line message,
-        # not Ray's wrapper whose text starts with the remote traceback; that stays chained
-        if isinstance(err.cause, Exception):
-            raise err.cause from err
-        raise
+        return Call(value=fn(*args))
+    except Exception as exc:  # raised by result(), as a Ray call's would be
+        return Call(error=exc)
+
+
+def call(actor: object, method: str, *args):
+    """Call a worker method on a Ray actor or a local worker alike, and wait for it."""
+    return submit(actor, method, *args).result()
