@@ -72,9 +72,11 @@ def test_two_actors_score_exactly_as_in_process_and_a_rerun_skips(tmp_path, refe
     assert again["scored_shards"] == 0 and again["skipped_shards"] == SHARDS
     store = ShardStore(on_actors)
     store.delete("scores/pixels", 4)  # a committed scores shard that is no longer intact is scored again
+    store.fs.pipe_file(store.shard_path("scores/pixels", 77), b"written, never committed")  # e.g. by a killed scoring
     again = score(on_actors, reference, workers=2)
     assert again["scored_shards"] == 1 and again["skipped_shards"] == SHARDS - 1
     assert scores_bytes(on_actors) == scores_bytes(in_process)
+    assert store.list_indices("scores/pixels") == list(range(SHARDS))  # committed scores only
 
 
 @pytest.mark.usefixtures("prefect_api", "ray_local")

@@ -68,9 +68,17 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
 
 
 def read_features(store: ShardStore, records: list[ShardRecord]) -> np.ndarray:
-    """The run's features in shard order, float32 [N, d], read one shard at a time."""
-    blocks = [features_matrix(store.read_shard(r)) for r in records]
-    return np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+    """The run's features in shard order, float32 [N, d], read one shard at a time into one array
+    (never a second copy of them all)."""
+    features = None
+    start = 0
+    for record in records:
+        block = features_matrix(store.read_shard(record))
+        if features is None:
+            features = np.empty((sum(r.rows for r in records), block.shape[1]), np.float32)
+        features[start : start + len(block)] = block
+        start += len(block)
+    return features if features is not None else np.zeros((0, 1), np.float32)
 
 
 @dataclass

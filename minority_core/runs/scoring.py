@@ -17,6 +17,7 @@ import pyarrow as pa
 from minority_core.errors import InputError
 from minority_core.io import Manifest, ShardRecord, ShardStore, features_matrix, sample_id, scores_table
 from minority_core.runs.commit import ManifestCommitter
+from minority_core.runs.plan import remove_uncommitted
 
 
 def open_run(url: str, storage_options: dict) -> tuple[ShardStore, Manifest]:
@@ -33,10 +34,18 @@ def scores_kind(manifest: Manifest) -> str:
 
 
 def unscored(store: ShardStore, manifest: Manifest) -> tuple[list[ShardRecord], int]:
-    """The features records that still need scoring, and how many are scored already."""
-    extractor = manifest.config["extractor"]
-    done = {r.index for r in manifest.records(scores_kind(manifest)) if store.verify(r)}
-    return [r for r in manifest.records(f"features/{extractor}") if r.index not in done], len(done)
+    """The features records that still need scoring, and how many are scored already.
+
+    A shard is scored when its scores record is committed and the file is listed at the recorded
+    size: one listing, no shard bytes read, as for resuming a synthesis (`minority-synth verify`
+    checks bytes). Scores files that were written but never committed (a failed scoring's, or
+    temporaries of a killed one) are removed first, so OUT/scores/ holds committed shards only."""
+    kind = scores_kind(manifest)
+    store.clean_temporaries(kind)
+    remove_uncommitted(store, manifest, (kind,))
+    sizes = store.list_sizes(kind)
+    done = {r.index for r in manifest.records(kind) if sizes.get(r.index) == r.bytes}
+    return [r for r in manifest.records(f"features/{manifest.config['extractor']}") if r.index not in done], len(done)
 
 
 def score_shard(store: ShardStore, refset, record: ShardRecord, extractor: str, k_avg: int) -> ShardRecord:
@@ -113,7 +122,9 @@ def check_scores_cover_samples(run: str, store: ShardStore, manifest: Manifest, 
     rows = sum(r.rows for r in samples)
     if scores.num_rows != rows:
         raise InputError(f"{run}: {scores.num_rows} scores for {rows} samples; run `minority-synth score` first")
-    expected = [sample_id(r.index, row) for r in samples for row in range(r.rows)]
-    if scores.column("sample_id").to_pylist() != expected:
-        raise InputError(f"{run}: scores and samples are not in the same order; rerun `minority-synth score`")
+    ids, start = scores.column("sample_id") if rows else None, 0
+    for record in samples:  # shard by shard: never every id twice
+        if ids.slice(start, record.rows).to_pylist() != [sample_id(record.index, row) for row in range(record.rows)]:
+            raise InputError(f"{run}: scores and samples are not in the same order; rerun `minority-synth score`")
+        start += record.rows
     return samples
