@@ -37,8 +37,14 @@ def check_int(name: str, value: Any, upper: int) -> None:
         raise InputError(f"{name} must be in [0, {upper}], got {value}")
 
 
+_VALID_KINDS: set[str] = set()  # a run has a handful of kinds: each is checked once per process
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def validate_kind(kind: str) -> str:
     """`samples`, `features/<extractor>`, ...: lowercase relative segments, so no write leaves the root."""
+    if isinstance(kind, str) and kind in _VALID_KINDS:
+        return kind
     if not isinstance(kind, str) or not kind:
         raise InputError(f"shard kind must be a non-empty string, got {kind!r}")
     segments = kind.split("/")
@@ -48,6 +54,7 @@ def validate_kind(kind: str) -> str:
                 f"invalid shard kind {kind!r}: use relative '/'-separated segments of [a-z0-9_.-] "
                 "(no '..', no leading '/' or '.')"
             )
+    _VALID_KINDS.add(kind)
     return kind
 
 
@@ -117,9 +124,9 @@ class ShardRecord:
         except (KeyError, TypeError, ValueError) as err:
             raise InputError(f"invalid shard record {data!r}: {_one_line(err)}") from err
         validate_kind(record.kind)
-        if record.path != shard_relpath(record.kind, record.index):
+        if not 0 <= record.index <= MAX_SHARD_INDEX or record.path != f"{record.kind}/shard-{record.index:05d}.parquet":
             raise InputError(f"shard record path {record.path!r} does not match {record.key}")
-        if not re.fullmatch(r"[0-9a-f]{64}", record.sha256) or record.rows < 0 or record.bytes < 0:
+        if not _SHA256.fullmatch(record.sha256) or record.rows < 0 or record.bytes < 0:
             raise InputError(f"invalid shard record {data!r}")
         return record
 

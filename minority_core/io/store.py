@@ -7,6 +7,7 @@ one line naming the URL and the likely fix.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import uuid
@@ -226,28 +227,36 @@ class ShardStore:
     def list_sizes(self, kind: str) -> dict[int, int]:
         """{index: size in bytes} of the complete shard files of `kind`: one listing, no reads,
         which is all a resumed run needs to trust its commit records."""
-        directory = self._abs(validate_kind(kind))
-        self._invalidate(directory)
-        try:
-            entries = self._retry(lambda: self.fs.ls(directory, detail=True), f"list {self.url_of(kind)}")
-        except FileNotFoundError:
-            return {}
         sizes = {}
-        for entry in entries:
-            match = _SHARD_FILE.fullmatch(posixpath.basename(str(entry["name"]).rstrip("/")))
-            if match and entry.get("type", "file") != "directory":
-                sizes[int(match.group(1))] = int(entry.get("size") or 0)
+        for name, size in self._list_files(validate_kind(kind)):
+            match = _SHARD_FILE.fullmatch(name)
+            if match:
+                sizes[int(match.group(1))] = size
         return sizes
+
+    def _list_files(self, directory: str) -> list[tuple[str, int]]:
+        """(base name, size) of the files directly under `directory`: one listing. Locally through
+        os.scandir (fsspec's detailed ls stats each entry again: ~10× slower at 100k files)."""
+        path = self._abs(directory)
+        what = f"list {self.url_of(directory)}"
+        if self.local:
+            def scan() -> list[tuple[str, int]]:
+                with os.scandir(path) as entries:
+                    return [(e.name, e.stat().st_size) for e in entries if e.is_file()]
+        else:
+            self._invalidate(path)
+
+            def scan() -> list[tuple[str, int]]:
+                entries = self.fs.ls(path, detail=True)
+                return [(posixpath.basename(str(e["name"]).rstrip("/")), int(e.get("size") or 0)) for e in entries if e.get("type", "file") != "directory"]
+        try:
+            return self._retry(scan, what)
+        except FileNotFoundError:
+            return []
 
     def list_names(self, directory: str) -> list[str]:
         """Base names of the files directly under `directory` (relative to the root)."""
-        path = self._abs(directory)
-        self._invalidate(path)
-        try:
-            names = self._retry(lambda: self.fs.ls(path, detail=False), f"list {self.url_of(directory)}")
-        except FileNotFoundError:
-            return []
-        return sorted(posixpath.basename(str(n).rstrip("/")) for n in names)
+        return sorted(name for name, _ in self._list_files(directory))
 
     def read_text(self, rel: str) -> str | None:
         """A small text object (manifest, commit), or None if it is not there."""
@@ -280,12 +289,9 @@ class ShardStore:
         """Remove temporaries left by writers that crashed mid-write (local roots only); returns count."""
         if not self.local:
             return 0
-        directory = self._abs(validate_kind(kind))
-        if not self.fs.isdir(directory):
-            return 0
-        stale = [p for p in self.fs.ls(directory, detail=False) if TMP_MARK in posixpath.basename(p)]
-        for path in stale:
-            self._remove_quietly(path)
+        stale = [name for name, _ in self._list_files(validate_kind(kind)) if TMP_MARK in name]
+        for name in stale:
+            self._remove_quietly(self._abs(f"{kind}/{name}"))
         return len(stale)
 
     # ----- manifest

@@ -116,22 +116,26 @@ def plan_run(
     for kind in kinds:
         if store.clean_temporaries(kind):
             logger.warning("removed temporary files left in %s by an interrupted writer", kind)
-    orphans = remove_uncommitted(store, manifest, kinds)
+    sizes = {kind: store.list_sizes(kind) for kind in kinds}  # one listing per kind serves the clean-up and the plan
+    orphans = remove_uncommitted(store, manifest, kinds, sizes)
     if orphans:
         logger.warning("removed %d complete but uncommitted shard file(s) left by an earlier failed run: %s", len(orphans), ", ".join(orphans))
-    pending = pending_shards(store, manifest, specs, features_kind, logger)
+    pending = pending_shards(store, manifest, specs, features_kind, logger, sizes)
     logger.info("%d shards planned, %d already committed, %d to generate", len(specs), len(specs) - len(pending), len(pending))
     return Plan(pending, len(specs), manifest)
 
 
-def pending_shards(store: ShardStore, manifest: Manifest, specs: ShardSpecs, features_kind: str, logger: logging.Logger | logging.LoggerAdapter = LOG) -> ShardSpecs:
+def pending_shards(
+    store: ShardStore, manifest: Manifest, specs: ShardSpecs, features_kind: str, logger: logging.Logger | logging.LoggerAdapter = LOG,
+    sizes: dict[str, dict[int, int]] | None = None,
+) -> ShardSpecs:
     """The shards still to make. A shard is done when its samples and features records are
     committed and both files are listed with the recorded size: one listing per kind, no shard
     bytes read (a flipped byte is `minority-synth verify`'s to find). Missing or resized ones are
     regenerated."""
     kinds = (SAMPLES, features_kind)
     records = {kind: {r.index: r for r in manifest.records(kind)} for kind in kinds}
-    sizes = {kind: store.list_sizes(kind) for kind in kinds}
+    sizes = sizes if sizes is not None else {kind: store.list_sizes(kind) for kind in kinds}
     intact = set.intersection(*({i for i, r in records[kind].items() if sizes[kind].get(i) == r.bytes} for kind in kinds))
     todo = np.setdiff1d(specs.indices, np.fromiter(intact, dtype=np.int64, count=len(intact)), assume_unique=True)
     for index in todo[np.isin(todo, np.fromiter(set(records[SAMPLES]) | set(records[features_kind]), dtype=np.int64))]:
@@ -152,14 +156,16 @@ def same_run(recorded: dict, identity: dict) -> bool:
     return False
 
 
-def remove_uncommitted(store: ShardStore, manifest: Manifest | None, kinds: Iterable[str]) -> list[str]:
+def remove_uncommitted(store: ShardStore, manifest: Manifest | None, kinds: Iterable[str], sizes: dict[str, dict[int, int]] | None = None) -> list[str]:
     """Delete shard files of `kinds` that the manifest does not list: complete files a failed run
-    wrote but never committed. Afterwards a glob over OUT/samples/ sees committed shards only."""
+    wrote but never committed. Afterwards a glob over OUT/samples/ sees committed shards only.
+    `sizes` (a listing per kind, as `list_sizes` gives) is updated to what remains."""
     removed = []
     for kind in kinds:
         committed = manifest.committed(kind) if manifest is not None else set()
-        for index in store.list_indices(kind):
-            if index not in committed:
-                store.delete(kind, index)
-                removed.append(f"{kind}/{index:05d}")
+        listed = sizes[kind] if sizes is not None else store.list_sizes(kind)
+        for index in sorted(set(listed) - committed):
+            store.delete(kind, index)
+            listed.pop(index)
+            removed.append(f"{kind}/{index:05d}")
     return removed
