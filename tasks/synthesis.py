@@ -54,16 +54,16 @@ def plan_shards(config: SynthesisConfig) -> Plan:
 
 class Progress:
     """`on_commit` for the committer: the run's live progress at a bounded rate. The Prefect
-    progress artifact at most once per `PROGRESS_EVERY_S`, an info line per `LOG_EVERY_S`, the
-    tqdm `bar` on every commit; `finish()` brings all of them up to date at the end."""
+    progress artifact at most once per `PROGRESS_EVERY_S` (a synchronous API call), an info line
+    per `LOG_EVERY_S`, the tqdm `bar` on every commit; `finish()` brings them up to date at the
+    end. Best effort: the commit has landed when it is called, so a failed update fails no shard."""
 
     def __init__(self, artifact_id, total: int, done: int, logger: logging.Logger | logging.LoggerAdapter, bar=None) -> None:
         self.artifact_id, self.total, self.logger, self.bar = artifact_id, total, logger, bar
-        self.lock = threading.Lock()
-        self.done = self.reported = done
-        self.next_update = time.monotonic() + PROGRESS_EVERY_S
-        self.next_log = time.monotonic() + LOG_EVERY_S
-        self.started, self.initial = time.monotonic(), done
+        self.lock, self.sending = threading.Lock(), threading.Lock()  # counts; artifact updates one at a time, in order
+        self.done = self.reported = self.initial = done
+        self.started = time.monotonic()
+        self.next_update, self.next_log = self.started + PROGRESS_EVERY_S, self.started + LOG_EVERY_S
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
@@ -79,22 +79,28 @@ class Progress:
             if log:
                 self.next_log = now + LOG_EVERY_S
         if update:
-            self._update_artifact(done)
+            self._update_artifact()
         if log:
-            rate = (done - self.initial) / max(now - self.started, 1e-9)
-            self.logger.info("%d/%d shards committed (%.1f shards/s)", done, total, rate)
+            self.logger.info("%d/%d shards committed (%.1f shards/s)", done, total, (done - self.initial) / max(now - self.started, 1e-9))
 
     def finish(self, done: int) -> None:
         with self.lock:
             if self.bar is not None and done > self.done:
                 self.bar.update(done - self.done)
             self.done = max(self.done, done)
-        if self.done != self.reported:
-            self._update_artifact(self.done)
+        self._update_artifact()
 
-    def _update_artifact(self, done: int) -> None:
-        update_progress_artifact(self.artifact_id, 100.0 * done / self.total)
-        self.reported = max(self.reported, done)
+    def _update_artifact(self) -> None:
+        with self.sending:
+            with self.lock:
+                done = self.done
+            if done == self.reported:
+                return
+            try:
+                update_progress_artifact(self.artifact_id, 100.0 * done / self.total)
+                self.reported = done
+            except Exception as exc:
+                self.logger.warning("progress artifact not updated (%s)", one_line(exc))
 
 
 def worth_retrying(error: BaseException) -> bool:
