@@ -127,7 +127,8 @@ def tiny_diffusers_model(tmp_path_factory) -> str:
 
 SERVICE_FIXTURES = {"prefect_api", "ray_local", "moto_endpoint", "s3_bucket"}
 # modules whose tests each take tens of seconds (real processes, browsers, training, sampling runs)
-SLOW_MODULES = {"test_demo", "test_operations", "test_applications", "test_latent_pipeline", "test_scoring_flows", "test_pipeline", "test_class_labels"}
+SLOW_MODULES = {"test_demo", "test_operations", "test_applications", "test_latent_pipeline", "test_scoring_flows", "test_pipeline", "test_class_labels",
+                "test_score_actors", "test_lanes"}
 
 
 def pytest_collection_modifyitems(config, items) -> None:
