@@ -8,6 +8,7 @@ the request count), so a share of 1/3 never fails two requests in a row.
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +39,7 @@ class FaultProxy:
         self.failures = 0
         self.injected: dict[str, int] = {k: 0 for k in ("503", "drop", "drop_after")}
         self.log: list[tuple[str, str, str]] = []  # (method, path, outcome)
-        self.fail_all_after: str | None = None  # a path suffix: once a PUT to it succeeds, fail everything
+        self.fail_all_after: str | None = None  # a regex on the path: once a PUT to it succeeds, fail everything
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,7 +72,7 @@ class FaultProxy:
                     self._drop()
                     return
                 proxy._record(self.command, self.path, str(status))
-                if self.command == "PUT" and proxy.fail_all_after and self.path.split("?")[0].endswith(proxy.fail_all_after) and status < 300:
+                if self.command == "PUT" and proxy.fail_all_after and re.search(proxy.fail_all_after, self.path.split("?")[0]) and status < 300:
                     with proxy.lock:
                         proxy.share = 1.0
                 self.send_response(status)

@@ -72,10 +72,12 @@ def kill_all(mark: str, timeout: float = 30.0) -> list[int]:
 
 
 def committed(out: Path) -> int:
+    """Samples shards committed so far, as any reader sees them (snapshot + commit log)."""
     try:
-        return sum(1 for r in json.loads((out / "manifest.json").read_text())["shards"].values() if r["kind"] == "samples")
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        manifest = ShardStore(str(out)).read_manifest()
+    except (OSError, ValueError):  # a directory being created under us
         return 0
+    return 0 if manifest is None else len(manifest.committed("samples"))
 
 
 def summary_of(stdout: str) -> dict:

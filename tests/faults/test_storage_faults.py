@@ -76,7 +76,7 @@ def test_dead_endpoint_fails_clearly_after_retry_budget_and_writes_nothing(tiny_
 def test_endpoint_dying_mid_run_fails_and_keeps_only_verified_shards(tiny_diffusers_model, s3_bucket, moto_endpoint, reference):
     url, direct = s3_bucket
     with FaultProxy(moto_endpoint, share=0.0, kinds=("503",)) as proxy:
-        proxy.fail_all_after = "/run/manifest.json"  # everything fails once the first shard is committed
+        proxy.fail_all_after = r"/run/commits/\d{12}-[0-9a-f]{8}\.json$"  # everything fails once the first shard is committed
         cfg = make_config(tiny_diffusers_model, f"{url}/run", storage_options=through(proxy))
         with pytest.raises(StorageError) as info:
             run_flow(cfg)
