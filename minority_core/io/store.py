@@ -207,18 +207,7 @@ class ShardStore:
 
     def delete(self, kind: str, index: int) -> None:
         """Remove a shard if present (idempotent)."""
-        path = self.shard_path(kind, index)
-
-        def rm() -> None:
-            try:
-                self.fs.rm(path)
-            except FileNotFoundError:
-                pass
-
-        try:
-            self._retry(rm, f"delete {self.shard_url(kind, index)}")
-        finally:
-            self._invalidate(path)
+        self.remove(shard_relpath(kind, index))
 
     def list_indices(self, kind: str) -> list[int]:
         """Indices of complete shard files of `kind` present on storage (temporaries excluded)."""
