@@ -317,6 +317,9 @@ def overhead_part(args, tmp: Path, runner: FlowRunner, say) -> None:
         say(f"flow, {workers} Ray worker(s): wall {run['wall']:.1f} s, of which pool start (actors + model load) {run['pool']:.1f} s, "
             f"Prefect flow-run bookkeeping outside the flow body {run['wall'] - run['summary']['seconds']:.1f} s; "
             f"in-actor shard time {in_worker:.1f} s summed over actors; {n / run['wall']:.1f} samples/s; {run['task_runs']} task runs")
+        outside = run["wall"] - in_worker / workers
+        say(f"    outside the actors' shard work (wall - in-actor time / workers, robust to load that slows both sides alike): {outside:.1f} s "
+            f"= {100 * outside / run['wall']:.1f} % of wall, of which pool start {run['pool']:.1f} s; the rest {1000 * (outside - run['pool']) / shards:.0f} ms per shard")
         cpu = run["cpu"]
         say(f"    CPU: actors {cpu.get('actor', 0):.1f} s (plain loop {plain[min(workers, 2)]['cpu']:.1f} s), driver {cpu.get('driver', 0):.1f} s, "
             f"Prefect API {cpu.get('prefect api', 0):.1f} s, Ray's own processes {cpu.get('ray', 0):.1f} s")
