@@ -9,20 +9,23 @@ committing them; progress reaches the UI through a rate-limited progress artifac
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
+from concurrent import futures
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
-from prefect.futures import as_completed, wait
+from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from minority_core.config import SynthesisConfig
-from tasks.ray_pool import ActorPool, InProcessPool
+from tasks.ray_pool import ActorPool, ClusterLostError, InProcessPool, check_ray_address
 from tasks.synthesis import LaneTotals, ManifestCommitter, Progress, ShardQueue, features_kind, generate_lane, open_store, plan_shards
 
 MAX_LANES = 1024  # threads for lanes, one per actor (one per GPU on a cluster); created only as lanes start
+GROW_EVERY_S = 5.0  # how often the flow looks for room to replace a worker lost with its node
 
 
 def _run_name() -> str:
@@ -41,12 +44,43 @@ def make_pool(config: SynthesisConfig):
     return ActorPool(worker_kwargs, config.execution.workers, config.execution.ray_address)
 
 
+def run_lanes(pool, lanes: list, work: ShardQueue, committer: ManifestCommitter, logger) -> LaneTotals:
+    """Wait for the lanes (appending to `lanes` those started later), merging what they made.
+
+    A lane's error is a shard's, after that shard's retries, and is raised as soon as its lane
+    ends. A lane whose actor went with its node ends early, its shards back in the queue: while
+    shards are left, each idle actor gets a new lane, including one the pool starts where the
+    cluster has room again (`pool.grow`). Shards left with no actor at all: `ClusterLostError`.
+    """
+    totals = LaneTotals()
+    running = {lane.wrapped_future: lane for lane in lanes}
+    while running or work.remaining():
+        if running:
+            finished, _ = futures.wait(running, timeout=GROW_EVERY_S, return_when=futures.FIRST_COMPLETED)
+            for done in finished:
+                totals.merge(running.pop(done).result())
+        if not work.remaining():
+            continue
+        if pool.grow() is not None:
+            logger.info("the Ray cluster has room again: a new worker joins the run (%d now)", len(pool.actors))
+        while len(running) < len(pool.actors):  # an idle actor and shards left (a lane lost its actor after the others ended)
+            lane = generate_lane.submit(pool, len(lanes), work, committer)
+            lanes.append(lane)
+            running[lane.wrapped_future] = lane
+        if not running:
+            raise ClusterLostError(f"every Ray worker of the run was lost with its node; {work.remaining()} shards were not generated: "
+                                   "rerun the same command to resume once the cluster has CPUs again")
+    return totals
+
+
 @flow(name="synthesize-run", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_LANES), log_prints=True)
 def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
     """Generate `config.output.num_samples` samples as Parquet shards under `config.output.out`; resumable."""
     logger = get_run_logger()
     start = time.monotonic()
     o = config.output
+    if config.execution.workers:
+        check_ray_address(config.execution.ray_address or os.environ.get("RAY_ADDRESS"))  # in seconds, before anything is written
     plan = plan_shards(config)
     store = open_store(config)
     progress_id = create_progress_artifact(100.0 * plan.done / plan.total, key=f"synthesis-progress-{o.arm}", description=f"shards committed of {plan.total}")
@@ -57,11 +91,10 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         reporter = Progress(progress_id, plan.total, plan.done, logger, bar)
         committer = ManifestCommitter(store, plan.manifest, plan.total, reporter)
         work = ShardQueue(plan.pending)
-        lanes = []
+        lanes: list = []
         try:
-            lanes = [generate_lane.submit(pool, lane, work, committer) for lane in range(len(pool.actors))]
-            for lane in as_completed(lanes):
-                totals.merge(lane.result())  # a lane's error is a shard's, after that shard's retries
+            lanes += [generate_lane.submit(pool, lane, work, committer) for lane in range(len(pool.actors))]
+            totals = run_lanes(pool, lanes, work, committer, logger)
         except BaseException:
             work.stop()
             committer.close()

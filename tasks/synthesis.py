@@ -3,7 +3,9 @@
 A run is a few task runs, not one per shard: `plan-shards`, then one `generate-lane` per actor.
 Each lane owns an actor and pulls shard specs from the run's `ShardQueue` until it is empty;
 a shard that fails transiently goes back to the queue and is retried alone (per shard, as a
-task's `retries=2` would), so the Prefect API's load does not grow with the shard count.
+task's `retries=2` would), so the Prefect API's load does not grow with the shard count. A
+lane whose actor went with its Ray node puts its shards back and ends: the run goes on with
+the others (and with a new lane where the cluster grows back).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from minority_core.io import ShardStore
 from minority_core.runs.commit import ManifestCommitter
 from minority_core.runs.plan import Plan, ShardSpec, plan_run, shard_specs
 from minority_core.runs.worker import ShardResult
-from tasks.ray_pool import Call, submit
+from tasks.ray_pool import ActorLostError, Call, ClusterLostError, submit
 
 SHARD_RETRIES = 2  # after a crash or a storage outage; each shard has its own count
 SHARD_RETRY_DELAY_S = 2.0
@@ -122,7 +124,8 @@ class ShardQueue:
     """The shards a run still has to make, shared by its lanes; thread-safe.
 
     A shard that failed transiently comes back after `SHARD_RETRY_DELAY_S` (before any new one)
-    until it has used its `SHARD_RETRIES`. `stop()` ends a failed run: lanes take nothing more.
+    until it has used its `SHARD_RETRIES`; one whose actor went with its node comes back at once
+    (`put_back`), without using a retry. `stop()` ends a failed run: lanes take nothing more.
     """
 
     def __init__(self, specs: Sequence[ShardSpec]) -> None:
@@ -159,6 +162,17 @@ class ShardQueue:
             self._cond.notify_all()
             return attempt
 
+    def put_back(self, spec: ShardSpec) -> None:
+        """`spec` was lost with its actor, through no fault of its own: next in line for any lane."""
+        with self._cond:
+            heapq.heappush(self._waiting, (time.monotonic(), next(self._order), spec))
+            self._cond.notify_all()
+
+    def remaining(self) -> int:
+        """Shards no lane holds yet: never taken, or back in the queue (to retry, or put back)."""
+        with self._cond:
+            return 0 if self.stopped else len(self._specs) - self._next + len(self._waiting)
+
     def stop(self) -> None:
         with self._cond:
             self.stopped = True
@@ -190,7 +204,8 @@ def generate_lane(pool, lane: int, work: ShardQueue, committer: ManifestCommitte
 
     Calls are pipelined on a Ray actor when shards are short: the next one waits on the actor
     while the driver commits this one. A failure after its retries stops the run and is raised
-    naming its shard; a lane whose run was stopped elsewhere just ends.
+    naming its shard; a lane whose run was stopped elsewhere just ends, and so does a lane whose
+    actor went with its node, after putting its shards back for the others.
     """
     logger = get_run_logger()
     totals = LaneTotals()
@@ -204,8 +219,19 @@ def generate_lane(pool, lane: int, work: ShardQueue, committer: ManifestCommitte
                 return totals
             spec, pending = in_flight.popleft()
             try:
-                result = pending.result()
+                result = pool.result(actor, pending)
                 done = committer.commit(result)
+            except ActorLostError as lost:  # gone with its node: its shards go to the other lanes, and this lane ends
+                lost_specs = [spec, *(s for s, _ in in_flight)]
+                for s in lost_specs:
+                    work.put_back(s)
+                pool.discard(actor)
+                if not work.stopped:
+                    logger.warning("lane %02d: %s; shard %s back in the queue", lane, lost, ", ".join(f"{s.index:05d}" for s in lost_specs))
+                return totals
+            except ClusterLostError:
+                work.stop()
+                raise
             except Exception as error:
                 if work.stopped:  # the run failed elsewhere (its actors are being shut down): not this shard's error
                     return totals
