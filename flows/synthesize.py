@@ -21,7 +21,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from minority_core.config import SynthesisConfig
-from tasks.ray_pool import ActorPool, ClusterLostError, InProcessPool, check_ray_address
+from tasks.ray_address import check_ray_address
+from tasks.ray_pool import ActorPool, ClusterLostError, InProcessPool
 from tasks.synthesis import LaneTotals, ManifestCommitter, Progress, ShardQueue, features_kind, generate_lane, open_store, plan_shards
 
 MAX_LANES = 1024  # threads for lanes, one per actor (one per GPU on a cluster); created only as lanes start

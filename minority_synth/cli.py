@@ -160,6 +160,10 @@ def normalise_out(out: str) -> str:
 def synthesize(prompts_file, storage_option, **options):
     """Run the synthesis flow (Prefect + Ray + Parquet shards); rerunning the same command resumes."""
     config = config_from_cli(options, prompts_file, storage_option)
+    if config.execution.workers:  # before Prefect starts: a wrong address is one line in seconds
+        from tasks.ray_address import check_ray_address
+
+        check_ray_address(config.execution.ray_address or os.environ.get("RAY_ADDRESS"))
     from flows.synthesize import synthesize as flow
 
     click.echo(json.dumps(flow(config, progress=True), indent=2))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from contextlib import contextmanager
 
 from minority_core.errors import InputError, UserError
 from minority_core.runs.worker import ShardWorker
+from tasks.ray_address import accepts, check_ray_address, ray_endpoint
 
 ACTOR_MAX_RESTARTS = -1  # always restart: a budget per actor would let a long run die after a few crashes
 ACTOR_MAX_TASK_RETRIES = 4  # per call, so a shard that crashes its actor every time still fails in bounded time
@@ -41,7 +41,6 @@ NODE_LOST_AFTER_S = 10.0
 ACTOR_LOST_AFTER_S = 120.0
 CLUSTER_LOST_AFTER_S = 10.0  # the head's GCS port refusing connections this long: the cluster is gone
 GCS_CALL_TIMEOUT_S = 5.0  # a query of the cluster's state that takes longer is treated as unanswered
-ADDRESS_PROBE_S = 5.0  # how long `check_ray_address` waits for the head to accept a connection (refused: at once)
 
 LOG = logging.getLogger(__name__)
 
@@ -52,47 +51,6 @@ class ActorLostError(Exception):
 
 class ClusterLostError(UserError, RuntimeError):
     """The Ray cluster stopped answering, or every worker went with its node."""
-
-
-def ray_endpoint(address: str | None) -> tuple[str, int] | None:
-    """(host, port) that must accept TCP connections for `address` to work; None where Ray
-    finds the cluster itself (`auto`, `local`, no address)."""
-    if not address or address in ("auto", "local"):
-        return None
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError(f"--ray-address {address!r} is not HOST:PORT (or ray://HOST:PORT); give the head's GCS address, e.g. 10.0.0.5:6379")
-    return host.strip("[]"), int(port)
-
-
-def accepts(host: str, port: int, timeout: float = 2.0) -> bool:
-    """Whether something accepts a TCP connection at host:port within `timeout`."""
-    return connect_error(host, port, timeout) is None
-
-
-def connect_error(host: str, port: int, timeout: float) -> str | None:
-    """Why a TCP connection to host:port fails ("connection refused", ...), or None if it opens."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except TimeoutError:
-        return f"no answer within {timeout:.0f} s"
-    except ConnectionRefusedError:
-        return "connection refused"
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-
-
-def check_ray_address(address: str | None) -> None:
-    """Fail in seconds, in one line, where nothing answers at `address` (`ray.init` itself retries
-    for minutes, after rewriting localhost to the node's IP)."""
-    endpoint = ray_endpoint(address)
-    if endpoint is None:
-        return
-    host, port = endpoint
-    if (why := connect_error(host, port, ADDRESS_PROBE_S)) is not None:
-        raise InputError(f"no Ray cluster answers at {address!r} ({host}:{port}: {why}): start its head with "
-                         f"`ray start --head --port {port}`, or fix --ray-address / $RAY_ADDRESS")
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:

@@ -43,6 +43,8 @@ NODE_LOSS = dict(num_samples=64, shard_size=8, steps=30, every=2, guidance_scale
 RECONNECT_TIMEOUT_S = 20
 RUN_LIMIT_S = 240  # a whole synthesize run on this cluster, kill included
 
+pytestmark = pytest.mark.cluster
+
 
 def clean_env(**extra: str) -> dict:
     """This environment without Prefect or Ray settings (no session API, no RAY_ADDRESS), plus
@@ -271,7 +273,7 @@ def test_a_lost_head_ends_the_run_in_one_line_and_no_worker_outlives_it(cluster,
 
 def test_a_ray_address_nobody_answers_fails_in_seconds_in_one_line(tiny_diffusers_model, tmp_path):
     from minority_core.errors import InputError
-    from tasks.ray_pool import check_ray_address
+    from tasks.ray_address import check_ray_address
 
     port = free_port()  # nothing listens there
     start = time.monotonic()
