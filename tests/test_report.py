@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 import sys
@@ -102,7 +103,13 @@ def test_pngs_are_valid_and_embedded(report):
     grid = Image.open(io.BytesIO(report.pngs["grid-00-standard-rarest.png"]))
     assert grid.mode == "L" and grid.size[0] >= 4 * 64  # 8×8 digits upscaled to ≥ 64 px tiles
     assert Image.open(io.BytesIO(report.pngs["grid-01-guided-rarest.png"])).mode == "RGB"
-    assert sorted(embedded_pngs(report.html)) == sorted(report.pngs.values())
+    histograms = sorted(png for name, png in report.pngs.items() if name.startswith("hist-"))
+    tiles = embedded_pngs(report.html)
+    assert sorted(set(tiles) & set(report.pngs.values())) == histograms  # the plots are inlined
+    assert len(tiles) == len(histograms) + 4 * 16  # and every tile, one PNG each; the grid PNGs are linked
+    for name in report.pngs:
+        if name.startswith("grid-"):
+            assert f'<a href="{name}">' in report.html
 
 
 def test_grid_shows_the_rarest_samples_nearest_upscaled():
@@ -120,7 +127,7 @@ def test_page_is_self_contained(report):
     assert "http://" not in report.html and "https://" not in report.html
     assert "<script" not in report.html and "<link" not in report.html
     assert report.html.count('<img src="data:image/png;base64,') == 3  # the histograms
-    assert report.html.count('<img class="grid" src="data:image/png;base64,') == 4
+    assert report.html.count('<img class="tile px" width="64" height="64" src="data:image/png;base64,') == 4 * 16
     assert "labels are the demo classifier&#x27;s predictions" in report.html
 
 
@@ -279,3 +286,150 @@ def test_invalid_image_rows_raise_one_line(image_rows, count, message):
     with pytest.raises(ValueError, match=message) as err:
         build_report([ArmResult("a", arm.scores, {}, arm.images[:count], image_rows=image_rows)], "t")
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- settings, warnings, tiles, scrolling
+
+
+def written_config(tmp_path: Path, **options) -> dict:
+    """The config a run's manifest records (SynthesisConfig.output_identity), written and read back."""
+    from minority_core.config.synthesis import SynthesisConfig
+    from minority_core.io import Manifest, ShardStore
+
+    config = SynthesisConfig.from_options(model="bundled:digits", out=str(tmp_path), num_samples=120, **options)
+    store = ShardStore(str(tmp_path))
+    store.write_manifest(Manifest(config=config.output_identity(), code_version="test"))
+    return store.read_manifest().config
+
+
+def settings_cells(page: str) -> dict[str, list[str]]:
+    """The settings table as label -> one cell text per arm."""
+    table = re.search(r'<table class="wide settings">.*?</table>', page).group(0)
+    rows = re.findall(r'<tr><td class="name">(.*?)</td>(.*?)</tr>', table)
+    return {label: re.findall(r"<td[^>]*>(.*?)</td>", cells) for label, cells in rows}
+
+
+def test_settings_come_from_the_manifest(tmp_path):
+    standard = written_config(tmp_path / "standard", arm="standard", guidance_scale=0.0, steps=12, seed=7)
+    guided = written_config(tmp_path / "guided", arm="guided", guidance_scale=3.5, steps=20, seed=11, perturb_ratio=0.3)
+    arms = [make_arm("standard", 0.0, seed=1), make_arm("guided", 1.1, seed=2)]
+    arms[0].config, arms[1].config = standard, guided
+    built = build_report(arms, "t")
+    cells = settings_cells(built.html)
+    assert cells["Guidance w"] == ["none", "3.5"]
+    assert cells["Steps"] == ["12", "20"] and cells["Seed"] == ["7", "11"]
+    assert cells["Method"] == ["standard", "self-guided"] and cells["Perturb ratio"] == ["—", "0.3"]
+    assert cells["Model"] == ["bundled:digits"] * 2 and "Preset" not in cells  # unset settings are left out
+    assert '<td class="same">bundled:digits</td>' in built.html  # shared values are greyed, differing ones not
+    assert "guided settings: Model bundled:digits, Method self-guided, Sampler ancestral, Steps 20, Guidance w 3.5" in built.markdown
+    assert "Seed 11" in built.markdown.split("guided settings:")[1]
+    assert "<h2>Settings</h2>" not in build_report([make_arm("a", 0.0, seed=1)], "t").html  # no config: no section
+
+
+def test_settings_of_a_baseline_and_text_prompts():
+    from minority_core.report.settings import run_settings
+
+    config = {"model": "latent:/m", "seed": 3, "sampler": {"method": "boost-and-skip", "sampler": "ancestral", "steps": 50, "guidance": None,
+                                                           "gamma": 4.0, "skip": 3, "prompts": ["a", "b", "c", "d", "e"], "cfg_scale": 7.5}}
+    settings = run_settings(config)
+    assert settings["Boost γ"] == "4" and settings["Skipped steps"] == "3" and settings["Guidance w"] == "none"
+    assert settings["Prompts"] == "a, b, c, d, … (5 in all)" and settings["CFG scale"] == "7.5"
+    assert "DDIM η" not in settings and "Perturb ratio" not in settings
+    assert run_settings(None) == {} and run_settings({"seed": 0}) == {"Seed": "0"}  # older or partial manifests
+
+
+def warnings_box(page: str) -> str:
+    match = re.search(r'<section class="warnings" role="alert">.*?</section>', page)
+    return match.group(0) if match else ""
+
+
+def test_a_normal_run_has_no_warnings(report):
+    assert report.warnings == [] and warnings_box(report.html) == "" and "Warning" not in report.markdown
+
+
+def test_all_out_of_support_run_is_warned_about():
+    lost = make_arm("lost", 0.5, seed=4, out_of_support=1.0)
+    built = build_report([make_arm("standard", 0.0, seed=5), lost], "t")
+    assert len(built.warnings) == 1 and built.warnings[0].startswith("lost: all 120 samples are out of the reference support")
+    box = warnings_box(built.html)
+    assert "lost: all 120 samples are out of the reference support (none in support)" in box
+    assert built.html.index(box) < built.html.index('class="glance"')  # the first thing a reader sees
+    assert "- **Warning:** lost: all 120 samples" in built.markdown
+    mostly = make_arm("mostly", 0.5, seed=4, out_of_support=0.8)
+    out = 1 - mostly.scores["in_support"].mean()
+    assert build_report([mostly], "t").warnings == [
+        f"mostly: {100 * out:.1f} % of samples are out of the reference support (only {int(mostly.scores['in_support'].sum())} in "
+        "support); its rarest samples are mostly off the data, not rare data."]
+
+
+def test_identical_and_duplicate_samples_are_warned_about():
+    same = make_arm("same", 0.0, seed=6)
+    same.scores["avgknn"][:] = 2.5
+    assert build_report([same], "t").warnings == [
+        "same: all 120 samples have the same AvgkNN: they are very likely identical (a collapsed sampler, or one seed for every sample)."]
+    dup = make_arm("dup", 0.0, seed=6)
+    dup.scores["avgknn"][60:] = dup.scores["avgknn"][:60]  # every sample twice
+    assert build_report([dup], "t").warnings == ["dup: 60 of 120 samples repeat another sample's AvgkNN exactly (60 distinct values): likely duplicate samples."]
+
+
+def test_non_finite_and_empty_runs_are_warned_about():
+    broken = make_arm("broken", 0.0, seed=6)
+    broken.scores["avgknn"][:5] = np.nan
+    assert build_report([broken], "t").warnings == [
+        "broken: 5 of 120 samples have no finite AvgkNN; those samples are left out of the means, histograms and grids."]
+    empty = ArmResult("empty", {"avgknn": np.zeros(0), "in_support": np.zeros(0, bool)}, {})
+    assert build_report([empty], "t").warnings[0].startswith("empty: no samples were scored")
+
+
+def tiles_of(page: str) -> list[dict]:
+    """Each tile on the page: its tooltip, caption lines and embedded PNG, in page order."""
+    found = re.findall(r'<figure class="tile" title="([^"]*)"><img class="[^"]*" width="(\d+)" height="(\d+)" '
+                       r'src="data:image/png;base64,([^"]+)" alt="[^"]*"><figcaption>(.*?)</figcaption></figure>', page)
+    return [{"title": html.unescape(t), "size": (int(w), int(h)), "png": base64.b64decode(data),
+             "lines": [html.unescape(x) for x in re.findall(r"<div[^>]*>(.*?)</div>", caption)]} for t, w, h, data, caption in found]
+
+
+def test_each_tile_carries_its_score_label_and_support():
+    arm = make_arm("guided", 0.5, seed=8, n=60)
+    arm.labels = np.arange(60) % 10
+    built = build_report([arm], "t")
+    tiles = tiles_of(built.html)
+    avgknn = arm.scores["avgknn"]
+    rarest, least = np.argsort(-avgknn, kind="stable")[:16], np.argsort(avgknn, kind="stable")[:16]
+    assert len(tiles) == 32
+    supported = arm.scores["in_support"] & np.isfinite(arm.scores["rarity"])
+    for tile, row in zip(tiles, [*rarest, *least], strict=True):
+        assert tile["lines"][0] == f"AvgkNN {format_number(avgknn[row])}"
+        assert tile["lines"][1] == f"label {row % 10}"
+        assert ("out of support" in tile["lines"]) == (not supported[row])
+        assert tile["lines"][-1] == f"guided-{row:05d}" and tile["title"].startswith(f"guided-{row:05d} · AvgkNN ")
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(tile["png"]))), arm.images[row])  # the tile is that sample
+        assert tile["size"] == (64, 64)  # 8×8 drawn 8× larger (pixelated, no interpolation)
+    assert not any(line.startswith("label") for t in tiles_of(build_report([make_arm("a", 0, seed=8)], "t").html) for line in t["lines"])
+
+
+def test_tile_prompts_and_large_images():
+    arm = make_arm("big", 0.0, seed=9, n=20)
+    arm.images = np.random.default_rng(0).integers(0, 256, (20, 256, 192, 3), dtype=np.uint8)
+    arm.prompts = [f"prompt <{i}>" for i in range(20)]
+    tile = tiles_of(build_report([arm], "t").html)[0]
+    assert tile["size"] == (96, 128)  # drawn down to MAX_TILE_PX, aspect kept; the PNG stays whole
+    assert Image.open(io.BytesIO(tile["png"])).size == (192, 256)
+    assert tile["lines"][-1].startswith("“prompt <") and "“prompt <" in tile["title"]
+
+
+def test_labels_are_checked():
+    arm = make_arm("a", 0.0, seed=9, n=20)
+    arm.labels = [1, 2]
+    with pytest.raises(ValueError, match="give one label per sample") as err:
+        build_report([arm], "t")
+    assert "\n" not in str(err.value)
+    arm.labels, arm.config = None, "not a dict"
+    with pytest.raises(ValueError, match="config must be the run's config dict"):
+        build_report([arm], "t")
+
+
+def test_wide_tables_are_in_a_scrolling_container(report):
+    assert re.search(r'<div class="scroll" role="region" tabindex="0" aria-label="Headline numbers"><table class="wide">', report.html)
+    assert re.search(r"\.scroll\{overflow-x:auto", report.html)
+    assert "white-space:nowrap" in report.html  # cells keep their width, so a wide table scrolls instead of squeezing

@@ -4,13 +4,15 @@ page, the table rows and the markdown. Nothing is written here (see `write.write
 from __future__ import annotations
 
 from minority_core.report.columns import table_columns
+from minority_core.report.degenerate import report_warnings
 from minority_core.report.glance import glance_lines
 from minority_core.report.grids import arm_grids
-from minority_core.report.html import html_grids, html_histogram, html_page, html_prompt_table, html_table
+from minority_core.report.html import html_grids, html_histogram, html_page, html_prompt_table, html_settings, html_table
 from minority_core.report.markdown import markdown
 from minority_core.report.model import DEFAULT_DESCRIPTIONS, METRIC_LABELS, METRICS, ArmResult, Report
 from minority_core.report.plots import arm_colors, histogram_png
 from minority_core.report.rows import arm_row, prompt_rows
+from minority_core.report.settings import settings_line, settings_table
 from minority_core.report.validate import validate
 
 
@@ -31,6 +33,8 @@ def build_report(
     rows = [arm_row(arm) for arm in checked]
     columns = table_columns(rows, checked)
     glance = glance_lines(rows)
+    warnings = report_warnings(checked)
+    settings = html_settings([arm.name for arm in checked], settings_table([arm.config for arm in checked]), colors)
     pngs: dict[str, bytes] = {}
     plots = []
     for metric in METRICS:
@@ -49,5 +53,7 @@ def build_report(
             grid_html.append(html_grids(arm, grids, why_none))
     by_prompt = {arm.name: prompt_rows(arm) for arm in checked if arm.prompts is not None}
     prompt_tables = [html_prompt_table(arm, by_prompt[arm.name]) for arm in checked if by_prompt.get(arm.name)]
-    page = html_page(title, glance, list(notes or []), html_table(rows, columns, colors), plots, grid_html, prompt_tables)
-    return Report(html=page, pngs=pngs, table=rows, markdown=markdown(title, glance, rows, columns), by_prompt=by_prompt)
+    page = html_page(title, glance, warnings, list(notes or []), html_table(rows, columns, colors), settings, plots, grid_html, prompt_tables)
+    settings_lines = {arm.name: settings_line(arm.config) for arm in checked if arm.config}
+    text = markdown(title, glance, warnings, settings_lines, rows, columns)
+    return Report(html=page, pngs=pngs, table=rows, markdown=text, by_prompt=by_prompt, warnings=warnings)

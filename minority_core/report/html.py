@@ -9,24 +9,41 @@ from typing import Any
 
 from minority_core.report.columns import Column, cells
 from minority_core.report.format import format_number, format_share
-from minority_core.report.grids import Grid
+from minority_core.report.grids import GRID_COLS, Grid, Tile
 from minority_core.report.model import CheckedArm
 
+TILE_MIN_CSS_PX = 100  # a tile's column is at least this wide, so its caption lines fit
+TILES_NOTE = ("Under each tile: its AvgkNN, its label where the run has labels, \u201cout of support\u201d where it lies "
+              "outside the reference support, and its sample id (hover a tile for all of it, with its prompt). "
+              "Each grid is also one PNG beside this page.")
 PROMPT_ROWS_SHOWN = 50  # the HTML table lists the prompts with the highest mean AvgkNN first
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#222}
 h1{margin-bottom:.2rem}h2{margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
 .glance{background:#fff8e1;border-left:5px solid #f0a500;padding:.6rem 1rem;font-size:1.15rem}
-.glance ul{margin:.2rem 0;padding-left:1.2rem}
+.glance ul,.warnings ul{margin:.2rem 0;padding-left:1.2rem}
+.warnings{background:#fdecea;border-left:5px solid #c62828;padding:.6rem 1rem;margin:.8rem 0}
 .notes{color:#555}
+.scroll{overflow-x:auto;max-width:100%;margin:.5rem 0}
+.scroll table{margin:0}
 table{border-collapse:collapse;font-size:.92rem;margin:.5rem 0}
 th,td{border:1px solid #ddd;padding:.3rem .55rem}th{background:#f4f4f4;text-align:center}
+table.wide th,table.wide td{white-space:nowrap}
+table.wide td.name{position:sticky;left:0;background:#fff}
 td.num{text-align:right;font-variant-numeric:tabular-nums}td.name{font-weight:600;white-space:nowrap}
+table.settings td.same{color:#777}
 .swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.4em;vertical-align:middle}
 figure{margin:.8rem 0}figcaption{color:#444;font-size:.9rem;max-width:760px}
-img{max-width:100%}img.grid{image-rendering:pixelated;image-rendering:crisp-edges}
+img{max-width:100%}img.px{image-rendering:pixelated;image-rendering:crisp-edges}
 .pair{display:flex;flex-wrap:wrap;gap:2rem}
+figure.grid{width:min-content;max-width:100%}
+.tiles{display:grid;gap:.5rem .4rem;background:#f4f4f4;padding:.4rem;overflow-x:auto}
+figure.tile{margin:0;min-width:0}
+figure.tile img{display:block;border:1px solid #ccc}
+figure.tile figcaption{font-size:.75rem;line-height:1.25;color:#222}
+.tile .id,.tile .prompt{color:#666;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+.tile .oos{color:#c62828;font-weight:600}
 details{font-size:.85rem;color:#444}
 """
 
@@ -36,23 +53,28 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def html_page(title: str, glance: list[str], notes: list[str], table: str, plots: list[str], grids: list[str], prompt_tables: list[str]) -> str:
-    """Assemble the page; every argument is already escaped HTML except title/glance/notes."""
+def html_page(title: str, glance: list[str], warnings: list[str], notes: list[str], table: str, settings: str,
+              plots: list[str], grids: list[str], prompt_tables: list[str]) -> str:
+    """Assemble the page; title, glance, warnings and notes are text (escaped here), the rest escaped HTML."""
     glance_items = "".join(f"<li>{esc(line)}</li>" for line in glance)
+    warnings_html = (f'<section class="warnings" role="alert"><strong>Warnings</strong><ul>'
+                     f'{"".join(f"<li>{esc(w)}</li>" for w in warnings)}</ul></section>') if warnings else ""
     notes_html = f'<ul class="notes">{"".join(f"<li>{esc(n)}</li>" for n in notes)}</ul>' if notes else ""
-    grid_section = f"<h2>Rarest and least rare samples by AvgkNN</h2>{''.join(grids)}" if grids else ""
+    settings_section = f"<h2>Settings</h2>{settings}" if settings else ""
+    grid_section = (f"<h2>Rarest and least rare samples by AvgkNN</h2><p class=\"notes\">{TILES_NOTE}</p>{''.join(grids)}"
+                    if grids else "")
     prompt_section = (f"<h2>By prompt</h2><p class=\"notes\">Which prompts yield rare samples: rarest first; \"in the rarest 10 %\" "
                       f"is the share of the prompt's samples among its arm's rarest 10 % by AvgkNN.</p>{''.join(prompt_tables)}") if prompt_tables else ""
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{esc(title)}</h1>"
+        f"<h1>{esc(title)}</h1>{warnings_html}"
         f'<section class="glance"><strong>At a glance</strong><ul>{glance_items}</ul></section>'
         f"{notes_html}<h2>Headline numbers</h2>{table}"
         "<p class=\"notes\">Means and medians are over each arm's scored samples; Rarity only over samples "
         "inside the reference support (out-of-support samples are counted separately, never averaged).</p>"
-        f"<h2>Score distributions</h2>{''.join(plots)}{prompt_section}{grid_section}"
+        f"{settings_section}<h2>Score distributions</h2>{''.join(plots)}{prompt_section}{grid_section}"
         "<footer class=\"notes\"><p>Generated by minority_core.report.</p></footer></body></html>\n"
     )
 
@@ -65,7 +87,22 @@ def html_table(rows: list[dict[str, Any]], columns: list[Column], colors: list[s
         row_cells = "".join(f'<td class="num">{esc(text)}</td>' for text in cells(row, columns))
         swatch = f'<span class="swatch" style="background:{color}"></span>'
         body.append(f'<tr><td class="name">{swatch}{esc(row["name"])}</td>{row_cells}</tr>')
-    return f'<table><thead><tr><th>Arm</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return _scrolling(f'<table class="wide"><thead><tr><th>Arm</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>',
+                      "Headline numbers")
+
+
+def html_settings(names: list[str], rows: list[tuple[str, list[str]]], colors: list[str]) -> str:
+    """The settings table: one row per setting, one column per arm; values every arm shares are greyed
+    so the settings that differ stand out. Empty when no arm has a config."""
+    if not rows:
+        return ""
+    head = "".join(f'<th><span class="swatch" style="background:{color}"></span>{esc(name)}</th>' for name, color in zip(names, colors))
+    body = []
+    for label, values in rows:
+        same = ' class="same"' if len(values) > 1 and len(set(values)) == 1 else ""
+        body.append(f'<tr><td class="name">{esc(label)}</td>{"".join(f"<td{same}>{esc(v)}</td>" for v in values)}</tr>')
+    table = f'<table class="wide settings"><thead><tr><th>Setting</th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return _scrolling(table, "Settings") + '<p class="notes">As each run\'s manifest records them; grey: the same in every arm.</p>'
 
 
 def html_histogram(name: str, png: bytes, label: str, text: str) -> str:
@@ -83,20 +120,47 @@ def html_prompt_table(arm: CheckedArm, rows: list[dict[str, Any]]) -> str:
         for r in rows[:PROMPT_ROWS_SHOWN]
     )
     more = f'<p class="notes">{len(rows) - PROMPT_ROWS_SHOWN} more prompts not shown (all are in the Prefect artifact).</p>' if len(rows) > PROMPT_ROWS_SHOWN else ""
-    return f"<h3>{esc(arm.name)}</h3><table><thead>{head}</thead><tbody>{body}</tbody></table>{more}"
+    return f"<h3>{esc(arm.name)}</h3>{_scrolling(f'<table><thead>{head}</thead><tbody>{body}</tbody></table>', f'{arm.name} by prompt')}{more}"
 
 
 def html_grids(arm: CheckedArm, grids: list[Grid], why_none: str | None) -> str:
-    """One arm's two grids side by side, with the tiles' sample ids folded away below."""
+    """One arm's two grids side by side, each tile with its AvgkNN (and label, support) under it."""
     if why_none:
         return f"<h3>{esc(arm.name)}</h3><p>{esc(why_none)}</p>"
     figures = []
     for grid in grids:
-        ids = ", ".join(f"{sid} ({format_number(v)})" for sid, v in grid.ids)
-        figures.append(f"<figure>{_img(grid.file, grid.png, f'{arm.name}: {grid.caption}', 'grid')}"
-                       f"<figcaption>{esc(grid.caption)}</figcaption>"
-                       f"<details><summary>sample ids, row by row</summary>{esc(ids)}</details></figure>")
+        tiles = "".join(_tile(tile) for tile in grid.tiles)
+        column = max([TILE_MIN_CSS_PX] + [tile.size[0] for tile in grid.tiles])
+        figures.append(f'<figure class="grid" data-file="{esc(grid.file)}">'
+                       f'<figcaption>{esc(grid.caption)} (<a href="{esc(grid.file)}">as one PNG</a>)</figcaption>'
+                       f'<div class="tiles" style="grid-template-columns:repeat({GRID_COLS},{column}px)">{tiles}</div></figure>')
     return f'<h3>{esc(arm.name)}</h3><div class="pair">{"".join(figures)}</div>'
+
+
+def _tile(tile: Tile) -> str:
+    """One tile: the image at its drawn size, its caption lines, and every fact again as a tooltip."""
+    lines = [f'<div class="score">AvgkNN {esc(format_number(tile.avgknn))}</div>']
+    if tile.label is not None:
+        lines.append(f'<div class="label">label {esc(tile.label)}</div>')
+    if tile.supported is False:
+        lines.append('<div class="oos">out of support</div>')
+    lines.append(f'<div class="id">{esc(tile.sample)}</div>')
+    if tile.prompt is not None:
+        lines.append(f'<div class="prompt">“{esc(tile.prompt)}”</div>')
+    facts = [tile.sample, f"AvgkNN {format_number(tile.avgknn)}"] + ([f"label {tile.label}"] if tile.label is not None else [])
+    facts += ["out of support"] if tile.supported is False else []
+    facts += [f"“{tile.prompt}”"] if tile.prompt is not None else []
+    width, height = tile.size
+    data = base64.b64encode(tile.png).decode("ascii")
+    klass = "tile px" if tile.upscaled else "tile"
+    image = f'<img class="{klass}" width="{width}" height="{height}" src="data:image/png;base64,{data}" alt="{esc(tile.sample)}">'
+    return f'<figure class="tile" title="{esc(" · ".join(facts))}">{image}<figcaption>{"".join(lines)}</figcaption></figure>'
+
+
+def _scrolling(table: str, label: str) -> str:
+    """A table in a container that scrolls sideways when the table is wider than the page
+    (focusable, so the keyboard scrolls it too)."""
+    return f'<div class="scroll" role="region" tabindex="0" aria-label="{esc(label)}">{table}</div>'
 
 
 def _img(name: str, png: bytes, alt: str, css_class: str = "") -> str:

@@ -12,13 +12,17 @@ from minority_core.report.model import INDEX_NAME, REPORT_DIR
 LOCATION_PREFIX = "Full report: "
 
 
-def markdown(title: str, glance: list[str], rows: list[dict[str, Any]], columns: list[Column]) -> str:
-    """The headline table as GitHub markdown, the glance lines, and where the full report lives."""
+def markdown(title: str, glance: list[str], warnings: list[str], settings: dict[str, str], rows: list[dict[str, Any]], columns: list[Column]) -> str:
+    """The warnings first, the glance lines, the headline table as GitHub markdown, each arm's
+    settings on one line, and where the full report lives."""
     header = "| Arm | " + " | ".join(_md_cell(c.header) for c in columns) + " |"
     rule = "|" + "---|" * (len(columns) + 1)
-    lines = [f"## {_md_cell(title)}", ""] + [f"- {_md_cell(line)}" for line in glance] + ["", header, rule]
+    lines = [f"## {_md_cell(title)}", ""] + [f"- **Warning:** {_md_cell(w)}" for w in warnings]
+    lines += [f"- {_md_cell(line)}" for line in glance] + ["", header, rule]
     for row in rows:
         lines.append("| " + " | ".join(_md_cell(x) for x in [row["name"], *cells(row, columns)]) + " |")
+    if settings:
+        lines += ["", *(f"- {_md_cell(name)} settings: {_md_cell(line)}" for name, line in settings.items())]
     lines += ["", f"{LOCATION_PREFIX}`{REPORT_DIR}/{INDEX_NAME}` under the run's output root (self-contained HTML)."]
     return "\n".join(lines)
 

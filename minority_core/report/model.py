@@ -3,7 +3,7 @@ and the metric names and file layout every other module of the package shares.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,9 @@ class ArmResult:
 
     `images` is either one image per score row or, with `image_rows`, only the images of those
     rows (`images[j]` is row `image_rows[j]`): a large run brings just the tiles its grids show
-    (`grids.shown_rows`), never every image."""
+    (`grids.shown_rows`), never every image. `config` is the run's config as its manifest records
+    it (`Manifest.config`: model, sampler and guidance settings, seed); the page lists its settings.
+    `labels` (one per score row: class labels or a classifier's predictions) go under the tiles."""
 
     name: str
     scores: dict[str, np.ndarray]
@@ -35,19 +37,23 @@ class ArmResult:
     sample_ids: list[str] | None = None
     prompts: list[str] | None = None  # text-to-image runs: each sample's prompt (a per-prompt table follows)
     image_rows: list[int] | None = None
+    config: dict[str, Any] | None = None
+    labels: Any = None  # a sequence or 1-D array, one label per score row
 
 
 @dataclass
 class Report:
     """A built report: the page, its plots, and the table/markdown for Prefect artifacts.
 
-    `by_prompt` maps an arm with prompts to its per-prompt rows (see `rows.prompt_rows`)."""
+    `by_prompt` maps an arm with prompts to its per-prompt rows (see `rows.prompt_rows`);
+    `warnings` are the degenerate-run warnings the page leads with (see `degenerate.arm_warnings`)."""
 
     html: str
     pngs: dict[str, bytes]
     table: list[dict]
     markdown: str
     by_prompt: dict[str, list[dict]]
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -63,6 +69,8 @@ class CheckedArm:
     sample_ids: list[str] | None
     prompts: list[str] | None = None
     image_rows: list[int] | None = None  # the score row of each image; None: one image per row
+    config: dict[str, Any] | None = None
+    labels: np.ndarray | None = None  # one per score row (object array of printable values)
 
 
 def in_support_rarity(arm: CheckedArm) -> np.ndarray | None:

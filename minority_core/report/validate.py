@@ -55,7 +55,11 @@ def _validate_arm(arm: Any) -> CheckedArm:
         missing = sorted(set(shown_rows(scores["avgknn"])) - set(image_rows))
         if missing:
             raise InputError(f"arm {arm.name!r}: no image for score rows {missing[:8]} that the grids show (give grids.shown_rows)")
-    return CheckedArm(arm.name, n, scores, dict(arm.summary or {}), _supported_mask(scores), images, ids, prompts, image_rows)
+    if arm.config is not None and not isinstance(arm.config, dict):
+        raise InputError(f"arm {arm.name!r}: config must be the run's config dict (Manifest.config), got {type(arm.config).__name__}")
+    labels = _check_labels(arm.name, arm.labels, n)
+    return CheckedArm(arm.name, n, scores, dict(arm.summary or {}), _supported_mask(scores), images, ids, prompts, image_rows,
+                      arm.config, labels)
 
 
 def _check_scores(name: str, scores: Any) -> tuple[dict[str, np.ndarray], int | None]:
@@ -75,6 +79,18 @@ def _check_scores(name: str, scores: Any) -> tuple[dict[str, np.ndarray], int | 
         raise InputError(f"arm {name!r}: score arrays differ in length: {lengths}")
     n = next(iter(lengths.values())) if lengths else None
     return {k: (a.astype(bool) if k == "in_support" else a.astype(np.float64)) for k, a in arrays.items()}, n
+
+
+def _check_labels(name: str, labels: Any, n: int | None) -> np.ndarray | None:
+    """One label per score row (any printable values), as a 1-D object array."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, bytes, dict)):
+        raise InputError(f"arm {name!r}: labels must be a list or 1-D array, one label per sample")
+    array = np.asarray(labels, dtype=object)
+    if array.ndim != 1 or (n is not None and len(array) != n):
+        raise InputError(f"arm {name!r}: {array.shape} labels but {n} score rows; give one label per sample")
+    return array
 
 
 def _check_image_rows(name: str, rows: Any, n: int | None) -> list[int] | None:
