@@ -14,8 +14,10 @@ from minority_core.metrics import (
     feature_statistics,
     fid_from_features,
     frechet_distance,
+    prdc,
     precision_recall,
 )
+from minority_core.metrics import exact as exact_module
 from minority_core.metrics import knn as knn_module
 from minority_core.metrics.knn import KnnIndex
 
@@ -109,23 +111,26 @@ def test_scores_match_sklearn_lof_and_brute_force(ref, algorithm):
     assert scores["in_support"][:150].mean() > 0.5
 
 
-def test_rarity_range_path_is_exact(monkeypatch):
-    """Queries whose rarity the first kNN round cannot settle go through the range query."""
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_rarity_ball_scan_is_exact(monkeypatch, kind):
+    """Queries whose rarity the kNN answer cannot settle go through the per-query ball scan,
+    which looks only at balls with radius between the query's k-th distance and its best so far."""
+    monkeypatch.setattr(exact_module, "REF_BLOCK", 128)  # many radius-sorted blocks to stop early in
+    monkeypatch.setattr(knn_module, "IVF_LIST_SIZE", 100)
     ref = mixture(1000, 8, seed=5)
     q = queries_with_outliers(ref, 400, seed=6)
     calls = []
-    original = KnnIndex.range_search
+    original = KnnIndex.ball_pairs
 
-    def spy(self, queries, radii, inclusive=False):
+    def spy(self, queries, radii, inclusive=False, lo=None, hi=None):
         calls.append(len(queries))
-        return original(self, queries, radii, inclusive)
+        return original(self, queries, radii, inclusive, lo, hi)
 
-    monkeypatch.setattr(KnnIndex, "range_search", spy)
-    monkeypatch.setattr(knn_module, "RANGE_RESULT_BUDGET", 3000)  # many small range batches
-    scores = ReferenceSet.build(ref, k_lof=2, k_rarity=1, index="exact").score(q, k_avg=1)
-    assert calls and calls[0] > 0
+    monkeypatch.setattr(KnnIndex, "ball_pairs", spy)
+    scores = ReferenceSet.build(ref, k_lof=2, k_rarity=1, index=kind).score(q, k_avg=1)
+    assert calls and 0 < calls[-1] < len(q)
     _, rarity = brute_scores(ref, q, k_avg=1, k_rarity=1)
-    np.testing.assert_allclose(scores["rarity"], rarity, rtol=1e-5)
+    np.testing.assert_allclose(scores["rarity"], rarity, rtol=1e-6)
 
 
 def test_reference_arrays_match_sklearn_fit():
@@ -137,16 +142,18 @@ def test_reference_arrays_match_sklearn_fit():
     np.testing.assert_allclose(rs.radii, kth_radius(ref, 3), rtol=1e-6)
 
 
-def test_approximate_reference_set_is_close():
+def test_ivf_reference_set_gives_the_exact_scores_and_records_it(monkeypatch):
+    monkeypatch.setattr(knn_module, "IVF_LIST_SIZE", 200)
     ref = mixture(3000, 16, seed=8)
-    q = mixture(400, 16, seed=9)
+    q = queries_with_outliers(ref, 400, seed=9)
     exact = ReferenceSet.build(ref, index="exact").score(q)
-    approx_set = ReferenceSet.build(ref, index="ivf")
-    approx = approx_set.score(q)
-    assert approx_set.index.kind == "ivf" and approx_set.index.measured_recall >= 0.95
-    assert np.mean(approx["in_support"] == exact["in_support"]) >= 0.95
-    assert np.median(np.abs(approx["lof"] / exact["lof"] - 1)) < 0.01
-    assert np.median(np.abs(approx["avgknn"] / exact["avgknn"] - 1)) < 0.01
+    ivf_set = ReferenceSet.build(ref, index="ivf")
+    assert ivf_set.index.kind == "ivf" and ivf_set.index.engine.n_lists == 15
+    for key, value in ivf_set.score(q).items():
+        np.testing.assert_allclose(value, exact[key], rtol=1e-12)
+    acc = ivf_set.accuracy
+    assert acc["checked_samples"] == 1000 and acc["share_within_1pct"] == 1.0
+    assert acc["max_rel_error"] == {"avgknn": 0.0, "lof": 0.0, "rarity": 0.0}
 
 
 # ---------------------------------------------------------------- save / load
@@ -158,7 +165,7 @@ def assert_same_scores(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key])
 
 
-@pytest.mark.parametrize("kind", ["exact", "hnsw"])
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
 def test_save_load_local(tmp_path, kind):
     ref = mixture(700, 8, seed=10)
     q = queries_with_outliers(ref, 100, seed=11)
@@ -167,11 +174,11 @@ def test_save_load_local(tmp_path, kind):
         rs.save(url)
         loaded = ReferenceSet.load(url)
         assert (loaded.k_lof, loaded.k_rarity, loaded.index.kind) == (15, 4, kind)
-        assert loaded.index.ef_search == rs.index.ef_search
+        assert loaded.accuracy == rs.accuracy and loaded.accuracy["checked_samples"] == (700 if kind == "ivf" else 0)
         assert_same_scores(rs.score(q), loaded.score(q))
     assert sorted(p.name for p in (tmp_path / "ref").iterdir()) == sorted(  # no temporaries left
         ["meta.json", "features.npy", "knn_distances.npy", "knn_indices.npy", "lrd.npy"]
-        + (["index.faiss"] if kind != "exact" else [])
+        + (["lists.npy"] if kind != "exact" else [])
     )
 
 
@@ -184,7 +191,7 @@ def test_save_load_moto_s3(s3_bucket):
         url = f"{bucket}/refs/{kind}"
         rs.save(url, storage_options=options)
         loaded = ReferenceSet.load(url, storage_options=options)
-        assert loaded.index.kind == kind and loaded.index.nprobe == rs.index.nprobe
+        assert loaded.index.kind == kind and np.array_equal(loaded.index.lists, rs.index.lists)
         assert_same_scores(rs.score(q), loaded.score(q))
 
 
@@ -223,11 +230,14 @@ def brute_prdc(real: np.ndarray, fake: np.ndarray, k_pr: int, k_dc: int) -> dict
     ],
     ids=["random", "mixture", "duplicates"],
 )
-def test_prdc_match_brute_force(real, fake, monkeypatch):
-    monkeypatch.setattr(knn_module, "RANGE_RESULT_BUDGET", 20000)  # bounded batches, many of them
-    got = precision_recall(real, fake, k=3, index="exact") | density_coverage(real, fake, k=5, index="exact")
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_prdc_match_brute_force(real, fake, kind, monkeypatch):
+    monkeypatch.setattr(exact_module, "REF_BLOCK", 128)  # several blocks
+    monkeypatch.setattr(knn_module, "IVF_LIST_SIZE", 100)
+    got = precision_recall(real, fake, k=3, index=kind) | density_coverage(real, fake, k=5, index=kind)
     want = brute_prdc(real, fake, k_pr=3, k_dc=5)
     assert got == pytest.approx(want, abs=1e-12)
+    assert prdc(real, fake, k_pr=3, k_dc=5, index=kind) == got
     assert 0 < got["precision"] < 1 or 0 < got["recall"] < 1
 
 

@@ -4,12 +4,13 @@ definitions live in docs/DESIGN.md §5.
 Per sample, against a stored reference (`reference.ReferenceSet`): AvgkNN, LOF and Rarity, the
 scores that tell a minority sample from a typical one. Per set: precision/recall and
 density/coverage (`prdc`), and the Fréchet distance between Gaussian fits (`frechet`; FID when
-the features are Inception pool3). All of them rest on `knn.KnnIndex`. The images → features
-step lives in `features/` and is not imported here, so the metrics need no torch.
+the features are Inception pool3). All of them rest on `knn.KnnIndex` (exact answers from
+blocked float32 GEMM with error bounds, `exact.py`, in torch). The images → features step
+lives in `features/` and is not imported here.
 """
 
 from minority_core.metrics.frechet import feature_statistics, fid_from_features, frechet_distance
-from minority_core.metrics.prdc import density_coverage, precision_recall
+from minority_core.metrics.prdc import density_coverage, prdc, precision_recall
 from minority_core.metrics.reference import ReferenceSet
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "feature_statistics",
     "fid_from_features",
     "frechet_distance",
+    "prdc",
     "precision_recall",
 ]

@@ -7,8 +7,10 @@ Per generated sample, against the reference (`ReferenceSet.score`):
            (and `in_support` False) when no ball does.
 
 Reference-side work (self-kNN, radii, LOF densities) is done once in `ReferenceSet.build` and can
-be saved to any fsspec URL; scoring is one batched kNN query plus an exact range query for the
-few samples whose rarity the kNN answer cannot settle.
+be saved to any fsspec URL; scoring is one batched exact kNN query plus, for the few samples whose
+rarity the kNN answer cannot settle, a ball scan bounded per sample (only balls with radius
+between its k-th distance and its best radius so far, smallest radii first).  Both index kinds
+give the exact answers (knn.py); `accuracy` records what was checked against brute force.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from minority_core.io.atomic import write_atomic
 from minority_core.metrics.knn import KnnIndex, as_matrix, check_k
 
 REFERENCE_FORMAT = "minority-synth/reference-set"
-REFERENCE_VERSION = 1
+REFERENCE_VERSION = 2  # 2: float64 kNN distances, IVF lists as lists.npy; version 1 exact sets still load
+ACCURACY_SAMPLE = 1000  # reference rows re-scored by brute force at build to record the index's error
 LRD_EPS = 1e-10  # sklearn adds this to the mean reachability distance before inverting
 _DENSITY_ROW_BLOCK = 65536  # rows per block of the reachability-density pass: bounds its float64 temporaries
 _ARRAYS = ("features", "knn_distances", "knn_indices", "lrd")
+_SCORES = ("avgknn", "lof", "rarity")
 
 
 @dataclass
@@ -40,7 +44,10 @@ class ReferenceSet:
 
     `knn_distances` / `knn_indices`: the max(k_lof, k_rarity) nearest neighbours of every
     reference row, itself excluded (sklearn's convention).  `lrd`: LOF local reachability
-    density of every reference row (float64), computed as sklearn does."""
+    density of every reference row (float64), computed as sklearn does.  `accuracy`: the
+    index's per-sample error against brute force on a sample (saved in meta.json, shown by the
+    report): {"method", "checked_samples", "max_rel_error": {avgknn, lof, rarity},
+    "share_within_1pct", "in_support_agreement"}."""
 
     index: KnnIndex
     knn_distances: np.ndarray
@@ -48,6 +55,12 @@ class ReferenceSet:
     lrd: np.ndarray
     k_lof: int
     k_rarity: int
+    accuracy: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # One array object: the index caches its ball operand per radii array.
+        self._radii = np.ascontiguousarray(self.knn_distances[:, self.k_rarity - 1], dtype=np.float64)
+        self.index.sort_lists_by(self._radii)
 
     @property
     def features(self) -> np.ndarray:
@@ -55,8 +68,8 @@ class ReferenceSet:
 
     @property
     def radii(self) -> np.ndarray:
-        """Rarity radius of every reference row: distance to its k_rarity-th neighbour."""
-        return self.knn_distances[:, self.k_rarity - 1]
+        """Rarity radius of every reference row: distance to its k_rarity-th neighbour (float64)."""
+        return self._radii
 
     @property
     def lof_k_distance(self) -> np.ndarray:
@@ -72,16 +85,38 @@ class ReferenceSet:
         k_lof = check_k(k_lof, n, "k_lof", exclude_self=True)
         k_rarity = check_k(k_rarity, n, "k_rarity", exclude_self=True)
         k_max = max(k_lof, k_rarity)
-        knn = KnnIndex.build(vectors, kind=index, device=device, tune_k=k_max)
+        knn = KnnIndex.build(vectors, kind=index, device=device)
         dist, ids = knn.self_search(k_max)
         lrd = _reachability_density(dist[:, :k_lof], ids[:, :k_lof], dist[:, k_lof - 1])
-        return cls(knn, dist, ids, lrd, k_lof, k_rarity)
+        built = cls(knn, dist, ids, lrd, k_lof, k_rarity)
+        built.accuracy = built.check_accuracy(vectors[_sample_rows(n, ACCURACY_SAMPLE)])
+        return built
+
+    def check_accuracy(self, queries: np.ndarray, k_avg: int = 5) -> dict[str, Any]:
+        """Per-sample error of this set's index against a brute-force (exact kind) scoring of
+        `queries`: the figures `accuracy` stores.  The exact kind is the oracle itself."""
+        if self.index.kind == "exact":
+            zero = dict.fromkeys(_SCORES, 0.0)
+            return {"method": "exact", "checked_samples": 0, "max_rel_error": zero, "share_within_1pct": 1.0,
+                    "in_support_agreement": 1.0}
+        brute = KnnIndex("exact", self.index.vectors, None, device=self.index.device.type.replace("cuda", "gpu"))
+        oracle = ReferenceSet(brute, self.knn_distances, self.knn_indices, self.lrd, self.k_lof, self.k_rarity)
+        got, want = self.score(queries, k_avg), oracle.score(queries, k_avg)
+        errors = {key: _rel_error(got[key], want[key]) for key in _SCORES}
+        within = np.all([err <= 0.01 for err in errors.values()], axis=0)
+        return {
+            "method": f"{self.index.kind}, certified per query (lists skipped only when their bound exceeds the k-th distance)",
+            "checked_samples": len(queries),
+            "max_rel_error": {key: float(err.max()) for key, err in errors.items()},
+            "share_within_1pct": float(within.mean()),
+            "in_support_agreement": float(np.mean(got["in_support"] == want["in_support"])),
+        }
 
     def score(self, queries: np.ndarray, k_avg: int = 5) -> dict[str, np.ndarray]:
         """AvgkNN, LOF and Rarity of each query row (float64), and `in_support` (bool)."""
         q = as_matrix(queries, "queries", self.index.dim)
         k_avg = check_k(k_avg, self.index.n, "k_avg")
-        dist, ids = self.index.search(q, max(k_avg, self.k_lof, self.k_rarity))
+        dist, ids = self.index.search64(q, max(k_avg, self.k_lof, self.k_rarity))
         rarity = self._rarity(q, dist, ids)
         return {
             "avgknn": dist[:, :k_avg].mean(axis=1, dtype=np.float64),
@@ -100,27 +135,25 @@ class ReferenceSet:
 
         A ball of r contains q when d(q, r) < radius_r.  From the K nearest refs we get the best
         radius so far.  Unexamined refs lie at d >= D_K (the K-th distance), so one can still
-        contain q with a smaller radius only if D_K <= d < radius_r < best, and only if
-        d < max radius.  Queries where best <= D_K or D_K >= max radius are therefore settled;
-        the rest get one range query for refs with d < min(best, max radius), which contains
-        every ref that could improve the answer.  Exact with the exact index."""
-        radii = self.radii.astype(np.float64)
+        contain q with a smaller radius only if D_K <= d < radius_r < best.  Queries where
+        best <= D_K or D_K >= max radius are settled; the rest scan only the balls with
+        D_K < radius < best, smallest radii first, `best` shrinking as balls are found."""
+        radii = self._radii
         contains = dist < radii[ids]
         best = np.where(contains, radii[ids], np.inf).min(axis=1)
-        max_radius = float(radii.max())
-        kth = dist[:, -1].astype(np.float64)
-        open_rows = np.flatnonzero((best > kth) & (kth < max_radius) & (dist.shape[1] < self.index.n))
+        kth = dist[:, -1]
+        open_rows = np.flatnonzero((best > kth) & (kth < radii.max()) & (dist.shape[1] < self.index.n))
         if len(open_rows):
-            bound = np.minimum(best[open_rows], max_radius)
-            for rows, refs, d in self.index.range_search(q[open_rows], bound):
-                inside = d < radii[refs]
-                np.minimum.at(best, open_rows[rows[inside]], radii[refs[inside]])
+            hi = best[open_rows]  # a copy, lowered in place while the scan runs
+            for rows, refs in self.index.ball_pairs(q[open_rows], radii, lo=kth[open_rows], hi=hi):
+                np.minimum.at(hi, rows, radii[refs])
+            best[open_rows] = hi
         return np.where(np.isfinite(best), best, np.nan)
 
     # ------------------------------------------------------------ persistence
 
     def save(self, url: str, storage_options: dict | None = None) -> None:
-        """Write the set under `url` (any fsspec URL): one .npy per array, `index.faiss` for an
+        """Write the set under `url` (any fsspec URL): one .npy per array, `lists.npy` for an
         approximate index, then `meta.json` (k values, format version, sizes and sha256 of every
         file) last, so a set is loadable only once complete.  Each file goes through
         `write_atomic`, so no reader ever sees one half-written."""
@@ -132,8 +165,9 @@ class ReferenceSet:
         for name, arr in arrays.items():
             write = lambda f, a=arr: np.save(f, a, allow_pickle=False)  # noqa: E731
             files[f"{name}.npy"] = write_atomic(fs, f"{root}/{name}.npy", write)
-        if self.index.kind != "exact":
-            files["index.faiss"] = write_atomic(fs, f"{root}/index.faiss", self.index.write_faiss)
+        if self.index.lists is not None:
+            write = lambda f: np.save(f, self.index.lists, allow_pickle=False)  # noqa: E731
+            files["lists.npy"] = write_atomic(fs, f"{root}/lists.npy", write)
         meta = {
             "format": REFERENCE_FORMAT,
             "version": REFERENCE_VERSION,
@@ -142,6 +176,7 @@ class ReferenceSet:
             "rows": self.index.n,
             "dims": self.index.dim,
             "index": self.index.config(),
+            "accuracy": self.accuracy,
             "files": files,
         }
         write_atomic(fs, f"{root}/meta.json", json.dumps(meta, indent=1).encode())
@@ -154,15 +189,31 @@ class ReferenceSet:
         if not fs.exists(meta_path):
             raise MissingFileError(f"no reference set at {url} (meta.json missing): build and save one first")
         meta = json.loads(fs.cat_file(meta_path))
-        if meta.get("format") != REFERENCE_FORMAT or meta.get("version") != REFERENCE_VERSION:
+        old_exact = meta.get("version") == 1 and meta.get("index", {}).get("kind") == "exact"
+        if meta.get("format") != REFERENCE_FORMAT or (meta.get("version") != REFERENCE_VERSION and not old_exact):
             raise InputError(
                 f"{url} holds format {meta.get('format')!r} version {meta.get('version')!r}, "
                 f"this code reads {REFERENCE_FORMAT!r} version {REFERENCE_VERSION}: rebuild the reference set"
             )
         blobs = {name: _read_checked(fs, f"{root}/{name}", expect, url) for name, expect in meta["files"].items()}
         arrays = {name: np.load(io.BytesIO(blobs.pop(f"{name}.npy")), allow_pickle=False) for name in _ARRAYS}
-        knn = KnnIndex.restore(arrays["features"], meta["index"], blobs.get("index.faiss"), device)
-        return cls(knn, arrays["knn_distances"], arrays["knn_indices"], arrays["lrd"], meta["k_lof"], meta["k_rarity"])
+        lists = np.load(io.BytesIO(blobs["lists.npy"]), allow_pickle=False) if "lists.npy" in blobs else None
+        knn = KnnIndex.restore(arrays["features"], meta["index"], lists, device)
+        dist = arrays["knn_distances"].astype(np.float64)
+        return cls(knn, dist, arrays["knn_indices"], arrays["lrd"], meta["k_lof"], meta["k_rarity"], meta.get("accuracy"))
+
+
+def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(n, size), replace=False))
+
+
+def _rel_error(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """|got / want − 1| per sample; 0 where both are NaN (out of support), inf where only one is."""
+    both_nan = np.isnan(got) & np.isnan(want)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = np.abs(got - want) / np.abs(want)
+    err[(got == want) | both_nan] = 0.0
+    return np.where(np.isnan(err), np.inf, err)
 
 
 def _reachability_density(dist: np.ndarray, ids: np.ndarray, k_distance: np.ndarray) -> np.ndarray:

@@ -1,0 +1,432 @@
+"""Exact k-NN and ball membership at float32-GEMM speed, with a rounding-error bound per query.
+
+The distance work is one float32 matrix product per block, A = 2 q·x − ‖x‖² on mean-centred
+data, so that ‖q − x‖² = ‖q‖² − A.  Every A carries a rigorous bound F_q on its distance to the
+true squared distance between the *original* vectors (`_error_bound`: the GEMM's γ_{d+1}
+(2‖q‖·max‖x‖ + max‖x‖²) plus the centring rounding), and float32 settles everything the bound
+allows:
+
+* k-NN.  Per query a small pool keeps the largest A seen; a reference whose A is below the
+  pool's k-th largest minus 2F cannot be among the k nearest (k pooled rows are nearer), so a
+  block's rows are filtered by one max-reduction over groups of GROUP columns and only the few
+  above the line enter the pool.  At the end the pooled rows are recomputed in float64 from the
+  original vectors (exact differences) and sorted: exact distances and the exact k-th boundary.
+  A pool that had to drop a row above the final line is widened and redone (never silently cut).
+* Balls B(x, r).  A pair is certainly inside when ‖q‖² − A < r² − F, certainly outside when
+  above r² + F; only the pairs in between are recomputed in float64.
+
+References live in lists (contiguous, each padded to a multiple of GROUP).  Without centroids
+("exact") every list is scanned.  With centroids and list radii ("ivf") the lower bound
+‖q − c‖ − ρ of a list's distances lets a query skip lists that cannot hold a neighbour (or a ball
+containing it): lists are scanned nearest first, in rounds of doubling width, until no unscanned
+list's bound is below the query's k-th distance.  So the IVF answers are exact too (certified
+per query); the index only changes how much is scanned.
+
+The same code runs on a CUDA device through torch (`device`), the rounding bound then assuming
+full float32 matmuls (TF32 is refused).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from minority_core.errors import InputError
+
+U32 = 2.0**-24  # unit roundoff of float32
+GROUP = 16  # columns per max-reduction of the candidate filter
+QUERY_BLOCK = 512  # queries per GEMM block
+REF_BLOCK = 8192  # references per list of the exact kind (a GEMM block: 512 × 8192 × 4 B = 16 MiB)
+LB_ELEMENTS = 2**24  # (query, list) lower bounds held at once: bounds the query chunk of an IVF scan
+QUERY_CHUNK = 65536  # queries whose candidate pools are held at once
+POOL_EXTRA = 8  # pool slots beyond k; a pool that overflows is widened 4x and redone
+NPROBE_START = 2  # lists scanned per query in the first round of an IVF search (then 2x per round)
+PAIR_BLOCK = 2**16  # pairs recomputed in float64 at once
+PAD = -1.0e30  # the constant column of padding rows: their A is never a candidate
+
+
+def torch_device(device: str) -> torch.device:
+    """'cpu' | 'gpu' | 'auto' as a torch device; 'gpu' without CUDA is a one-line InputError."""
+    if torch.get_float32_matmul_precision() != "highest":
+        raise InputError(
+            f"torch float32 matmul precision is {torch.get_float32_matmul_precision()!r}, which breaks the "
+            "float32 error bounds: call torch.set_float32_matmul_precision('highest')"
+        )
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise InputError("device='gpu' but torch sees no CUDA device (CPU-only build or no GPU): use device='cpu'")
+    if torch.backends.cuda.matmul.allow_tf32:
+        raise InputError(
+            "torch.backends.cuda.matmul.allow_tf32 is on, which breaks the float32 error bounds: set it to False"
+        )
+    return torch.device("cuda")
+
+
+class Engine:
+    """References grouped in lists, as float32 GEMM operands, plus what the bounds need.
+
+    `lists`: row ids per list (any order inside); `centroids` (float64, centred coordinates) turn
+    on the certified pruning; without them every list is scanned."""
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        mean: np.ndarray,
+        lists: list[np.ndarray],
+        centroids: np.ndarray | None,
+        device: torch.device,
+    ) -> None:
+        self.vectors = vectors
+        self.mean = mean.astype(np.float32)
+        self.device = device
+        self.n, self.dim = vectors.shape
+        sizes = np.array([len(ids) for ids in lists], dtype=np.int64)
+        padded = -(-sizes // GROUP) * GROUP
+        self.starts = np.concatenate([[0], np.cumsum(padded)])
+        self.order = np.full(int(self.starts[-1]), -1, dtype=np.int64)  # position -> row id (-1: padding)
+        for start, ids in zip(self.starts, lists):
+            self.order[start : start + len(ids)] = ids
+        self.pos_of = np.empty(self.n, dtype=np.int64)
+        self.pos_of[self.order[self.order >= 0]] = np.flatnonzero(self.order >= 0)
+        xc = np.zeros((len(self.order), self.dim), dtype=np.float32)
+        real = self.order >= 0
+        xc[real] = vectors[self.order[real]] - self.mean
+        self.xn = np.einsum("ij,ij->i", xc.astype(np.float64), xc.astype(np.float64))
+        self.xmax = float(np.sqrt(self.xn.max()))
+        self.xaug, self.cmax = self._operand(xc, -self.xn, real)
+        self.xc = xc
+        self.lists = lists
+        self.centroids = centroids
+        self.list_radius = None if centroids is None else _list_radii(xc, self.starts, sizes, centroids)
+        self.torch_vectors = _tensor(vectors).to(device)
+        self.order_t = _tensor(self.order).to(device)
+        self._balls: dict[tuple[int, bool], tuple] = {}
+
+    @property
+    def n_lists(self) -> int:
+        return len(self.starts) - 1
+
+    def _operand(self, xc: np.ndarray, const: np.ndarray, real: np.ndarray) -> tuple[torch.Tensor, float]:
+        """[2x, const] as a float32 (positions × d+1) tensor; padding rows get PAD."""
+        col = np.where(real, const, PAD).astype(np.float32)
+        aug = np.empty((len(xc), self.dim + 1), dtype=np.float32)
+        np.multiply(xc, 2, out=aug[:, :-1])
+        aug[:, -1] = col
+        return _tensor(aug).to(self.device), float(np.abs(const).max(initial=0.0))
+
+    def sorted_by(self, radii: np.ndarray) -> Engine:
+        """The same references, each list in ascending radius order (the exact kind re-chunks
+        globally by radius), so a ball scan can stop once the lists' radii exceed its answer."""
+        if self.centroids is None:
+            order = np.argsort(radii, kind="stable")
+            lists = [order[s : s + REF_BLOCK] for s in range(0, len(order), REF_BLOCK)]
+        else:
+            lists = [ids[np.argsort(radii[ids], kind="stable")] for ids in self.lists]
+        return Engine(self.vectors, self.mean, lists, self.centroids, self.device)
+
+    # ------------------------------------------------------------ query preparation
+
+    def _prepare(self, queries: np.ndarray, cmax: float) -> _Queries:
+        qc = np.ascontiguousarray(queries - self.mean, dtype=np.float32)
+        qn = np.einsum("ij,ij->i", qc.astype(np.float64), qc.astype(np.float64))
+        bound = _error_bound(np.sqrt(qn), self.xmax, cmax, self.dim)
+        aug = np.ones((len(qc), self.dim + 1), dtype=np.float32)
+        aug[:, :-1] = qc
+        return _Queries(qc, qn, bound, _tensor(aug).to(self.device), self.device)
+
+    def _lower_bounds(self, qc: np.ndarray) -> np.ndarray:
+        """Lower bound of the distance from each query to any member of each list (float64)."""
+        c = self.centroids
+        qc64 = qc.astype(np.float64)
+        qn = np.einsum("ij,ij->i", qc64, qc64)
+        cn = np.einsum("ij,ij->i", c, c)
+        sq = qn[:, None] + cn[None, :] - 2 * (qc64 @ c.T)
+        sq -= 1e-12 * (qn[:, None] + cn[None, :])  # float64 rounding of the expansion, generously
+        delta = 1.01 * U32 * (np.sqrt(qn) + self.xmax)  # centring error between stored and original
+        return np.sqrt(np.maximum(sq, 0)) - self.list_radius[None, :] - delta[:, None]
+
+    # ------------------------------------------------------------ k-NN
+
+    def knn(self, queries: np.ndarray, k: int, self_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact k nearest rows of each query (float64 distances, row ids), nearest first, ties by id.
+        `self_ids`: each query's own row, never its own neighbour (duplicates still are)."""
+        chunk = QUERY_CHUNK if self.centroids is None else max(1, min(QUERY_CHUNK, LB_ELEMENTS // self.n_lists))
+        dist = np.empty((len(queries), k))
+        ids = np.empty((len(queries), k), dtype=np.int64)
+        for s in range(0, len(queries), chunk):
+            own = None if self_ids is None else self_ids[s : s + chunk]
+            dist[s : s + chunk], ids[s : s + chunk] = self._knn_chunk(queries[s : s + chunk], k, own, k + POOL_EXTRA)
+        return dist, ids
+
+    def _knn_chunk(self, q: np.ndarray, k: int, self_ids: np.ndarray | None, width: int) -> tuple[np.ndarray, np.ndarray]:
+        qs = self._prepare(q, self.cmax)
+        pool = _Pool(len(q), k, width, qs.bound, self.device)
+        self_pos = None if self_ids is None else _tensor(self.pos_of[self_ids]).to(self.device)
+        if self.centroids is None:
+            everyone = torch.arange(len(q), device=self.device)
+            for lst in range(self.n_lists):
+                self._scan(qs, pool, everyone, lst, self_pos)
+        else:
+            self._certified_scan(qs, pool, self_pos)
+        over = pool.overflowing()
+        if len(over) and width < len(self.order):  # widen and redo those queries alone
+            sub = self._knn_chunk(q[over], k, None if self_ids is None else self_ids[over], width * 4)
+        dist, ids = self._finish(q, pool, k)
+        if len(over) and width < len(self.order):
+            dist[over], ids[over] = sub
+        return dist, ids
+
+    def _certified_scan(self, qs: _Queries, pool: _Pool, self_pos: torch.Tensor | None) -> None:
+        """Scan lists nearest first, in rounds of doubling width, until every list left has a lower
+        bound above the query's k-th distance (an upper bound from its pool)."""
+        lb = self._lower_bounds(qs.qc)
+        order = np.argsort(lb, axis=1, kind="stable").astype(np.int32)
+        lb_sorted = np.take_along_axis(lb, order, axis=1)
+        done = np.zeros(len(lb), dtype=np.int64)
+        step = NPROBE_START
+        while True:
+            rho = pool.kth_upper(qs.qn)
+            end = (lb_sorted <= rho[:, None]).sum(axis=1)
+            take = np.clip(np.minimum(end, done + step) - done, 0, None)
+            if not take.any():
+                return
+            rows = np.repeat(np.arange(len(lb)), take)
+            offset = np.arange(len(rows)) - np.repeat(np.cumsum(take) - take, take)
+            lists = order[rows, done[rows] + offset]
+            by_list = np.argsort(lists, kind="stable")
+            rows, lists = rows[by_list], lists[by_list]
+            bounds = np.flatnonzero(np.diff(lists)) + 1
+            for part_rows, lst in zip(np.split(rows, bounds), lists[np.concatenate([[0], bounds])]):
+                self._scan(qs, pool, _tensor(part_rows).to(self.device), int(lst), self_pos)
+            done += take
+            step *= 2
+
+    def _scan(self, qs: _Queries, pool: _Pool, rows: torch.Tensor, lst: int, self_pos: torch.Tensor | None) -> None:
+        """Fold list `lst` into the pools of queries `rows`, QUERY_BLOCK queries per GEMM.  The
+        block is (references × queries), so the group maxima reduce over a middle axis (fast)."""
+        a, b = int(self.starts[lst]), int(self.starts[lst + 1])
+        refs = self.xaug[a:b]
+        for s in range(0, len(rows), QUERY_BLOCK):
+            part = rows[s : s + QUERY_BLOCK]
+            scores = torch.mm(refs, qs.aug[part].T)
+            if self_pos is not None:
+                local = self_pos[part] - a
+                mine = ((local >= 0) & (local < b - a)).nonzero().squeeze(1)
+                scores[local[mine], mine] = -torch.inf
+            pool.fold(part, scores, a)
+
+    def _finish(self, q: np.ndarray, pool: _Pool, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Recompute the pooled candidates above the final line in float64; sort by (distance, id)."""
+        keep = (pool.val >= pool.thr[:, None]) & (pool.pos >= 0)
+        r, c = keep.nonzero(as_tuple=True)
+        ids_t = self.order_t[pool.pos[r, c]]
+        dist_t = self._pair_distances(q, r, ids_t)
+        m, w = pool.val.shape
+        dist = torch.full((m, w), torch.inf, dtype=torch.float64, device=self.device)
+        ids = torch.full((m, w), self.n, dtype=torch.int64, device=self.device)  # sorts after real ids
+        dist[r, c], ids[r, c] = dist_t, ids_t
+        by_id = torch.argsort(ids, dim=1)
+        dist, ids = dist.gather(1, by_id), ids.gather(1, by_id)
+        by_dist = torch.argsort(dist, dim=1, stable=True)
+        dist, ids = dist.gather(1, by_dist)[:, :k], ids.gather(1, by_dist)[:, :k]
+        return dist.cpu().numpy(), ids.cpu().numpy()
+
+    def _pair_distances(self, q: np.ndarray, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """‖q[rows[i]] − x[ids[i]]‖ in float64 from float32 differences (exact to half an ulp)."""
+        qt = _tensor(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
+        out = torch.empty(len(ids), dtype=torch.float64, device=self.device)
+        for s in range(0, len(ids), PAIR_BLOCK):
+            diff = self.torch_vectors[ids[s : s + PAIR_BLOCK]] - qt[rows[s : s + PAIR_BLOCK]]
+            out[s : s + PAIR_BLOCK] = torch.linalg.vector_norm(diff, dim=1, dtype=torch.float64)
+        return out
+
+    # ------------------------------------------------------------ balls
+
+    def _ball_operand(self, radii: np.ndarray, inclusive: bool) -> tuple:
+        """[2x, r² − ‖x‖²] for balls of `radii` (by row id), and per list the min/max radius."""
+        key = (id(radii), inclusive)
+        if key not in self._balls:
+            real = self.order >= 0
+            r_pos = np.where(real, radii[np.maximum(self.order, 0)], -np.inf).astype(np.float64)
+            aug, cmax = self._operand(self.xc, np.where(real, r_pos**2, 0) - self.xn, real)
+            span = [r_pos[a:b][real[a:b]] for a, b in zip(self.starts[:-1], self.starts[1:])]
+            rmin = np.array([s.min(initial=np.inf) for s in span])
+            rmax = np.array([s.max(initial=-np.inf) for s in span])
+            self._balls = {key: (aug, cmax, r_pos, rmin, rmax, radii)}  # keep `radii` alive: the key is its id
+        return self._balls[key][:5]
+
+    def ball_pairs(
+        self,
+        queries: np.ndarray,
+        radii: np.ndarray,
+        inclusive: bool,
+        lo: np.ndarray | None = None,
+        hi: np.ndarray | None = None,
+    ):
+        """Yield (query rows, row ids) of pairs with ‖q − x‖ < r_x (<= when `inclusive`), for the
+        balls with lo_q < r_x < hi_q when given (a rarity scan: with `hi` it shrinks to each
+        query's best radius so far, which the caller lowers between yields through `hi`)."""
+        aug, cmax, r_pos, rmin, rmax = self._ball_operand(radii, inclusive)
+        qs = self._prepare(queries, max(cmax, self.cmax))
+        lo = np.full(len(queries), -np.inf) if lo is None else lo
+        hi = np.full(len(queries), np.inf) if hi is None else hi
+        chunk = max(1, min(len(queries), LB_ELEMENTS // self.n_lists))
+        lb = None
+        for lst in np.argsort(rmin, kind="stable"):
+            need = (rmax[lst] > lo) & (rmin[lst] < hi)
+            if self.centroids is not None:
+                if lb is None:
+                    lb = np.concatenate([self._lower_bounds(qs.qc[s : s + chunk]) for s in range(0, len(queries), chunk)])
+                need &= lb[:, lst] < np.minimum(hi, rmax[lst]) + (1e-7 * rmax[lst] if inclusive else 0.0)
+            rows = np.flatnonzero(need)
+            if len(rows):
+                yield from self._ball_list(qs, queries, aug, r_pos, rows, int(lst), inclusive, lo, hi)
+
+    def _ball_list(self, qs, queries, aug, r_pos, rows, lst, inclusive, lo, hi):
+        a, b = int(self.starts[lst]), int(self.starts[lst + 1])
+        refs = aug[a:b]
+        r_pos_t = _tensor(r_pos).to(self.device)
+        for s in range(0, len(rows), QUERY_BLOCK):
+            part = rows[s : s + QUERY_BLOCK]
+            part_t = _tensor(part).to(self.device)
+            scores = torch.mm(refs, qs.aug[part_t].T)  # ‖q‖² − A < r²  <=>  A > ‖q‖² (within ±F)
+            groups = scores.view(scores.shape[0] // GROUP, GROUP, scores.shape[1])
+            qn = _tensor(qs.qn[part]).to(self.device)
+            bound = _tensor(qs.bound[part]).to(self.device)
+            found = _candidates(groups, groups.amax(1), (qn - bound * 1.01).float())
+            if found is None:
+                continue
+            r, c, val = found
+            pos = c + a
+            rad = r_pos_t[pos]
+            lo_t, hi_t = _tensor(lo[part]).to(self.device), _tensor(hi[part]).to(self.device)
+            useful = (rad > lo_t[r]) & (rad < hi_t[r])
+            r, pos, val, rad = r[useful], pos[useful], val[useful], rad[useful]
+            sure = val.double() > qn[r] + bound[r] * 1.01
+            unsure = (~sure).nonzero().squeeze(1)
+            ids = self.order_t[pos]
+            if len(unsure):
+                d = self._pair_distances(queries[part], r[unsure], ids[unsure])
+                inside = d <= rad[unsure] if inclusive else d < rad[unsure]
+                sure[unsure] = inside
+            yield part[r[sure].cpu().numpy()], ids[sure].cpu().numpy()
+
+
+class _Queries:
+    """A query block's centred rows, ‖q‖² (float64), error bound F and [q, 1] GEMM operand."""
+
+    def __init__(self, qc: np.ndarray, qn: np.ndarray, bound: np.ndarray, aug: torch.Tensor, device: torch.device):
+        self.qc, self.qn, self.bound, self.aug = qc, qn, bound, aug
+
+
+class _Pool:
+    """Per query the `width` largest A seen (and their positions), the filter line and the
+    largest value ever dropped (an overflow if it ends above the line)."""
+
+    def __init__(self, m: int, k: int, width: int, bound: np.ndarray, device: torch.device) -> None:
+        self.k, self.width = k, width
+        self.val = torch.full((m, width), -torch.inf, device=device)
+        self.pos = torch.full((m, width), -1, dtype=torch.int64, device=device)
+        self.thr = torch.full((m,), -torch.inf, device=device)
+        self.dropped = torch.full((m,), -torch.inf, device=device)
+        self.full = torch.zeros(m, dtype=torch.bool, device=device)
+        self.margin = _tensor((2.0 * bound * 1.01).astype(np.float32)).to(device)
+
+    def fold(self, rows: torch.Tensor, scores: torch.Tensor, offset: int) -> None:
+        """Merge a block of A (block × rows, transposed) whose first reference is position `offset`."""
+        groups = scores.view(scores.shape[0] // GROUP, GROUP, scores.shape[1])
+        peaks = groups.amax(1)  # (groups × rows)
+        full = self.full[rows]
+        fresh = (~full).nonzero().squeeze(1)
+        if len(fresh):  # the width+1 best groups hold the width+1 best entries (and bound the rest)
+            top = peaks[:, fresh].topk(min(self.width + 1, peaks.shape[0]), dim=0).indices  # (t × f)
+            vals = groups[top, :, fresh[None, :]]  # (t × f × GROUP)
+            where = top[:, :, None] * GROUP + torch.arange(GROUP, device=scores.device)
+            f = len(fresh)
+            self._merge(rows[fresh], vals.permute(1, 0, 2).reshape(f, -1), where.permute(1, 0, 2).reshape(f, -1) + offset)
+        line = torch.where(full, self.thr[rows], torch.inf)
+        found = _candidates(groups, peaks, line)
+        if found is None:
+            return
+        r, c, val = found
+        order = torch.argsort(r, stable=True)
+        r, c, val = r[order], c[order], val[order]
+        counts = torch.bincount(r, minlength=len(rows))
+        slot = torch.arange(len(r), device=r.device) - (torch.cumsum(counts, 0) - counts)[r]
+        width = int(counts.max())
+        dense = torch.full((len(rows), width), -torch.inf, device=scores.device)
+        where = torch.full((len(rows), width), -1, dtype=torch.int64, device=scores.device)
+        dense[r, slot], where[r, slot] = val, c + offset
+        hit = (counts > 0).nonzero().squeeze(1)
+        self._merge(rows[hit], dense[hit], where[hit])
+
+    def _merge(self, rows: torch.Tensor, val: torch.Tensor, pos: torch.Tensor) -> None:
+        val = torch.cat([self.val[rows], val], 1)
+        pos = torch.cat([self.pos[rows], pos], 1)
+        top, arg = val.topk(min(self.width + 1, val.shape[1]), dim=1)
+        self.val[rows], self.pos[rows] = top[:, : self.width], pos.gather(1, arg[:, : self.width])
+        if top.shape[1] > self.width:
+            self.dropped[rows] = torch.maximum(self.dropped[rows], top[:, self.width])
+        kth = top[:, self.k - 1]
+        full = kth > PAD / 2
+        self.full[rows] = full
+        self.thr[rows] = torch.where(full, kth - self.margin[rows], -torch.inf)
+
+    def kth_upper(self, qn: np.ndarray) -> np.ndarray:
+        """Upper bound of each query's true k-th distance from its pool (inf while not full)."""
+        kth = self.val[:, self.k - 1].double().cpu().numpy()
+        half = self.margin.double().cpu().numpy() / 2
+        rho = np.sqrt(np.maximum(qn - kth + half, 0))
+        return np.where(self.full.cpu().numpy(), rho, np.inf)
+
+    def overflowing(self) -> np.ndarray:
+        """Queries that dropped a row the final line would keep: their pool was too narrow."""
+        return (self.dropped >= self.thr).nonzero().squeeze(1).cpu().numpy()
+
+
+def _candidates(
+    groups: torch.Tensor, peaks: torch.Tensor, line: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(query, reference, value) of every entry >= its query's line, from a transposed block
+    viewed as (groups × GROUP × queries) and its group maxima: only groups whose maximum
+    reaches the line are looked at element by element."""
+    g, q = (peaks >= line[None, :]).nonzero(as_tuple=True)
+    if len(g) == 0:
+        return None
+    sub = groups[g, :, q]  # (hits × GROUP)
+    hg, hj = (sub >= line[q, None]).nonzero(as_tuple=True)
+    return q[hg], g[hg] * GROUP + hj, sub[hg, hj]
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor sharing `arr`'s memory; read-only arrays (loaded, memory-mapped) are fine: never written."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
+
+
+def _error_bound(q_norm: np.ndarray, x_max: float, c_max: float, dim: int) -> np.ndarray:
+    """Bound on |(‖q‖² − A_float32) − ‖q − x‖²_original| for every reference x.
+
+    GEMM over d+1 terms: γ_{d+1} Σ|terms| <= (d+1) U (1+δ) (2‖q‖‖x‖ + |c|), plus U|c| for c's own
+    rounding (taken as (d+3) U); centring moves each vector by at most U‖v‖ (per coordinate
+    U|v_i|), which changes a distance D by δ <= U (‖q‖ + ‖x‖) and D² by 2δ(D + δ); and 4U of
+    every magnitude involved covers rounding the float32 lines A is compared with."""
+    gemm = (dim + 3) * U32 * 1.01 * (2 * q_norm * x_max + c_max)
+    delta = 1.01 * U32 * (q_norm + x_max)
+    compare = 4 * U32 * (q_norm**2 + 2 * q_norm * x_max + c_max)  # float32 rounding of the lines compared with A
+    return gemm + 2 * delta * (q_norm + x_max + delta) + compare
+
+
+def _list_radii(xc: np.ndarray, starts: np.ndarray, sizes: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Largest float64 distance from each list's centroid to its members, plus rounding slack."""
+    out = np.zeros(len(sizes))
+    for i, (start, size) in enumerate(zip(starts, sizes)):
+        if size:
+            diff = xc[start : start + size].astype(np.float64) - centroids[i]
+            out[i] = math.sqrt(float(np.einsum("ij,ij->i", diff, diff).max())) * (1 + 1e-12)
+    return out
