@@ -84,11 +84,12 @@ def score_workers(store: ShardStore, workers: int | None) -> int:
 
 @flow(name="filter")
 def filter_samples(run: str, metric: str = "avgknn", top_q: float | None = 0.1, threshold: float | None = None, name: str | None = None,
-                   storage_options: dict | None = None, per_prompt: bool = False) -> dict:
-    """Keep the rarest samples by a score; see `minority_core.runs.select.select_rarest`."""
-    check_rule(metric, top_q, threshold, per_prompt)
+                   storage_options: dict | None = None, per_prompt: bool = False, in_support: bool = False,
+                   min_confidence: float | None = None) -> dict:
+    """Keep the rarest eligible samples by a score; see `minority_core.runs.select.select_rarest`."""
+    check_rule(metric, top_q, threshold, per_prompt, min_confidence)
     store, manifest = open_run(run, resolve_storage_options(storage_options))
-    return {**select_rarest(store, manifest, metric, top_q, threshold, name, per_prompt), "run": run}
+    return {**select_rarest(store, manifest, metric, top_q, threshold, name, per_prompt, in_support, min_confidence), "run": run}
 
 
 @flow(name="report")
