@@ -252,16 +252,42 @@ def verify_cmd(run_url, repair, workers, storage_option):
 @click.option("--threshold", type=float, default=None, help="keep samples whose metric exceeds this")
 @click.option("--name", default=None, help="selection name (default from the rule)")
 @click.option("--per-prompt", is_flag=True, help="text-to-image runs: the top fraction of each prompt's samples (at least one each)")
+@click.option("--in-support", is_flag=True, help="only samples inside the reference's support (most of the rarest are outside it)")
+@click.option("--min-confidence", type=float, default=None,
+              help="only samples the run's extractor classifies with max softmax ≥ this (demo-classifier runs)")
 @click.option("--storage-option", "storage_option", multiple=True)
 @friendly_errors
-def filter_cmd(run_url, metric, top_q, threshold, name, per_prompt, storage_option):
-    """Select the rarest samples: writes selections/<name>/shard-00000.parquet (ids + score)."""
+def filter_cmd(run_url, metric, top_q, threshold, name, per_prompt, in_support, min_confidence, storage_option):
+    """Select the rarest samples: writes selections/<name>/shard-00000.parquet (run, ids, scores).
+    A sample with a NaN score (Rarity out of support) is never selected; --top-q is a fraction
+    of the samples that pass --in-support and --min-confidence."""
     from flows.scoring import filter_samples
 
     if top_q is None and threshold is None:
         top_q = 0.1
     click.echo(json.dumps(filter_samples(normalise_out(run_url), metric=metric, top_q=top_q, threshold=threshold, name=name,
-                                         storage_options=_storage(storage_option), per_prompt=per_prompt), indent=2))
+                                         storage_options=_storage(storage_option), per_prompt=per_prompt, in_support=in_support,
+                                         min_confidence=min_confidence), indent=2))
+
+
+@main.command("export")
+@click.option("--run", "runs", multiple=True, required=True, help="a scored run (repeat to export several runs into one dataset)")
+@click.option("--selection", default=None, help="a selection `filter` wrote (its --name)  [default: every scored sample]")
+@click.option("--out", required=True, help="an empty folder or URL for the dataset")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "imagefolder"]), default="parquet", show_default=True,
+              help="parquet: data/*.parquet + a dataset card; imagefolder: train/<label>/*.png + metadata.jsonl")
+@storage_option
+@friendly_errors
+def export_cmd(runs, selection, out, fmt, storage_option):
+    """Copy a selection's images, labels/prompts, scores and provenance (run, seeds) into a dataset
+    that `datasets.load_dataset(OUT)` loads."""
+    from minority_core.io import ShardStore
+    from minority_core.runs.export import export_runs
+    from minority_core.runs.scoring import open_run
+
+    options = _storage(storage_option)
+    opened = [open_run(normalise_out(r), options) for r in runs]
+    click.echo(json.dumps(export_runs(opened, ShardStore(normalise_out(out), options), selection=selection, fmt=fmt), indent=2))
 
 
 @main.command("report")
