@@ -76,9 +76,9 @@ def _lpips_checks() -> list[Check]:
 
 def _inception_check() -> Check:
     """Asks the extractor registry, so the doctor and FID look for the weights in the same place."""
-    from minority_core.metrics.features import available_extractors
+    from minority_core.metrics.features.registry import extractor_info
 
-    pool3 = next(info for info in available_extractors() if info.name == "inception-pool3")
+    pool3 = extractor_info("inception-pool3")
     return Check("Inception-V3 (FID)", str(pool3.weights), pool3.weights_present, "FID/sFID with --extractor inception-pool3")
 
 

@@ -71,11 +71,17 @@ def get_extractor(name: str, device: torch.device | str = "cpu", **kwargs) -> Fe
 
 def available_extractors() -> list[ExtractorInfo]:
     """Every registered extractor in registration order, with whether its weights are on disk."""
-    infos = []
-    for name, entry in _REGISTRY.items():
-        where = entry.weights() if entry.weights is not None else None
-        infos.append(ExtractorInfo(name, entry.description, where, where is None or where.is_file()))
-    return infos
+    return [extractor_info(name) for name in _REGISTRY]
+
+
+def extractor_info(name: str) -> ExtractorInfo:
+    """One extractor by name, with whether its weights are on disk (offline, nothing built): what
+    a dataset check asks before a run would load it. Unknown names list the valid ones."""
+    if name not in _REGISTRY:
+        raise InputError(f"unknown feature extractor {name!r}: valid names are {', '.join(_REGISTRY)}")
+    entry = _REGISTRY[name]
+    where = entry.weights() if entry.weights is not None else None
+    return ExtractorInfo(name, entry.description, where, where is None or where.is_file())
 
 
 register_extractor(RawPixels.name, RawPixels, description="flattened pixels in [-1, 1]: the weight-free baseline, any image size")
