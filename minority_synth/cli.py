@@ -115,6 +115,7 @@ storage_option = click.option("--storage-option", "storage_option", multiple=Tru
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="minority-synth", prog_name="minority-synth")
 def main():
     """Synthesize minority (rare, low-density) samples with diffusion models, and score them.
 
@@ -323,40 +324,77 @@ def _storage(pairs: tuple[str, ...]) -> dict:
     return plain
 
 
+datasets_dir_option = click.option(
+    "--datasets-dir", type=click.Path(file_okay=False), default=None,
+    help="folder of <name>.yaml dataset files  [default: $MINORITY_DATASETS_DIR, else deployments/datasets of this checkout]",
+)
+
+
 @main.group()
 def datasets():
-    """Dataset entries (deployments/datasets/*.yaml): list, show, validate."""
+    """Dataset files (<name>.yaml in the datasets folder): list, show, validate.
+
+    The folder is --datasets-dir, else $MINORITY_DATASETS_DIR, else deployments/datasets of this
+    checkout (an installed wheel ships none). Extractors (reference.extractor): pixels (no
+    weights), demo-classifier (bundled digits classifier), inception-pool3 and inception-spatial
+    (Inception-V3 weights; `minority-synth doctor` shows where). Without reference.extractor the
+    model's default is used, or pixels when the default's weights are absent.
+    """
+
+
+def _load_checked(target: str, datasets_dir: str | None):
+    """A dataset by file path or by name in the datasets folder, with its run requirements checked."""
+    from minority_core.config.datasets import check_dataset, dataset_path, load_dataset_file
+
+    path = Path(target) if target.endswith((".yaml", ".yml")) or os.sep in target or Path(target).is_file() else dataset_path(target, datasets_dir)
+    checked = check_dataset(load_dataset_file(path))
+    for warning in checked.warnings:
+        click.echo(f"warning: {checked.entry.name}: {warning}", err=True)
+    return checked.entry
 
 
 @datasets.command("list")
-def datasets_list():
-    from minority_core.config.datasets import DATASETS_DIR, list_datasets
+@datasets_dir_option
+@friendly_errors
+def datasets_list(datasets_dir):
+    """The dataset names in the datasets folder (the folder on stderr)."""
+    from minority_core.config.datasets import datasets_dir as find_folder
+    from minority_core.config.datasets import list_datasets
 
-    for name in list_datasets():
+    folder = find_folder(datasets_dir)
+    for name in list_datasets(folder):
         click.echo(name)
-    click.echo(f"({DATASETS_DIR})", err=True)
+    click.echo(f"({folder})", err=True)
 
 
 @datasets.command("show")
 @click.argument("name")
+@datasets_dir_option
 @friendly_errors
-def datasets_show(name):
-    from minority_core.config.datasets import get_dataset
-
-    click.echo(json.dumps(get_dataset(name).model_dump(), indent=2))
+def datasets_show(name, datasets_dir):
+    """A dataset as a run uses it (checked; its extractor filled in), as JSON."""
+    click.echo(json.dumps(_load_checked(name, datasets_dir).model_dump(), indent=2))
 
 
 @datasets.command("validate")
-@click.argument("path", type=click.Path())
+@click.argument("targets", nargs=-1)
+@datasets_dir_option
 @friendly_errors
-def datasets_validate(path):
-    """Check a dataset file (fields, schedule, and its prompts file if it names one)."""
-    from minority_core.config.datasets import load_dataset_file
+def datasets_validate(targets, datasets_dir):
+    """Check dataset files (paths or names; none: every file in the datasets folder) before any run:
+    the schema, the model's folder and config, the reference source, the prompts file, the cron,
+    the extractor and its weights (an unpinned one without weights falls back to pixels, with a warning)."""
+    from minority_core.config.datasets import datasets_dir as find_folder
+    from minority_core.config.datasets import list_datasets
 
-    entry = load_dataset_file(path)
-    prompts = entry.prompt_fields().get("prompts")
-    detail = f", {len(prompts)} prompts" if prompts else ""
-    click.echo(f"ok: {entry.name} ({entry.model}, output {entry.output_url}{detail})")
+    if not targets and not list_datasets(datasets_dir):
+        raise InputError(f"no dataset files in {find_folder(datasets_dir)}: add <name>.yaml files there, or name the files to check")
+    for target in targets or list_datasets(datasets_dir):
+        entry = _load_checked(target, datasets_dir)
+        prompts = entry.prompt_fields().get("prompts")
+        detail = f", {len(prompts)} prompts" if prompts else ""
+        baseline = ", + standard baseline arm" if entry.baseline else ""
+        click.echo(f"ok: {entry.name} ({entry.model}, extractor {entry.reference.extractor}, output {entry.output_url}{detail}{baseline})")
 
 
 def prefect_api_url() -> str:
@@ -376,37 +414,45 @@ def prefect_api_url() -> str:
 
 @main.command()
 @click.argument("dataset")
-@click.option("--num-samples", type=int, default=None)
-@click.option("--shard-size", type=int, default=None)
-@click.option("--guidance-scale", type=float, default=None)
-@click.option("--steps", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--workers", type=int, default=None)
-@click.option("--out", default=None, help="default: the dataset's output/<dataset>-<UTC time>")
+@click.option("--num-samples", type=int, default=None, help="samples in the run  [default: the dataset file's]")
+@click.option("--shard-size", type=int, default=None, help="samples per Parquet shard  [default: the dataset file's]")
+@click.option("--guidance-scale", type=float, default=None, help="minority guidance w (0 = standard sampling)  [default: the dataset file's]")
+@click.option("--steps", type=int, default=None, help="sampling steps  [default: the dataset file's, else the model's preset]")
+@click.option("--seed", type=int, default=None, help="pin the seed  [default: the dataset file's, else one drawn from the flow run]")
+@click.option("--workers", type=int, default=None, help="Ray actors (0 = in the flow's process)  [default: the dataset file's]")
+@click.option("--out", default=None, help="output folder or URL  [default: the dataset's output/<dataset>-<start time>-<run id>]")
 @click.option("--watch", is_flag=True, help="follow the run until it ends; print the report location")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="seconds to watch")
 @friendly_errors
 def trigger(dataset, num_samples, shard_size, guidance_scale, steps, seed, workers, out, watch, timeout):
-    """Run the `synthesize/DATASET` deployment on the Prefect server (see deployments/serve.py)."""
+    """Run the `synthesize/DATASET` deployment on the Prefect server (see `minority-synth deploy`)."""
     import datetime as dt
     import time
-
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
 
     from minority_core.config.datasets import get_dataset
 
     entry = get_dataset(dataset)
+    overrides = dict(num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed, workers=workers,
+                     out=normalise_out(out) if out else None)
+    entry.synthesis_config(read_prompts=False, **overrides)  # bad values fail here, in one line, before anything is submitted
     api = prefect_api_url()
-    out = normalise_out(out) if out else f"{entry.output_url}/{dataset}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
-    overrides = dict(num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed, workers=workers, out=out)
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.dataset_runs import dataset_run_name
+
     parameters = {"dataset": dataset, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         run = run_deployment(name=f"synthesize/{dataset}", parameters=parameters, timeout=0)
     except ObjectNotFound:
-        raise InputError(f"no deployment synthesize/{dataset} on {api}: serve it with `python deployments/serve.py`") from None
+        raise InputError(f"no deployment synthesize/{dataset} on {api}: register it with `minority-synth deploy` (or `python deployments/serve.py`)") from None
+    if run.expected_start_time is None:
+        run = _read_flow_run(run.id)
+    name = dataset_run_name(dataset, run.id, run.expected_start_time)  # what the flow names itself and its folder
+    out = overrides["out"] or f"{entry.output_url}/{name}"
     ui = api[: -len("/api")] if api.endswith("/api") else api
-    click.echo(f"flow run {run.name} ({run.id}): {ui}/runs/flow-run/{run.id}")
+    click.echo(f"flow run {name} ({run.id}): {ui}/runs/flow-run/{run.id}")
+    click.echo(f"output: {out}")
     if not watch:
         return
     state, deadline = None, time.monotonic() + timeout
@@ -432,15 +478,43 @@ def _read_flow_run(flow_run_id):
 
 
 @main.command()
-@click.option("--port", type=int, default=4200, show_default=True)
+@click.option("--port", type=int, default=4200, show_default=True, help="port of the API and UI")
 @click.option("--host", default="127.0.0.1", show_default=True, help="loopback by default; expose deliberately")
 def server(port, host):
-    """Start `prefect server start` with the project's settings (UI at http://HOST:PORT)."""
+    """Start `prefect server start` with the project's settings (UI at http://HOST:PORT).
+
+    SIGTERM and SIGINT are passed on to Prefect's server, so stopping this command stops it."""
+    import signal
     import subprocess
 
     env = dict(os.environ)  # the project's defaults (minority_synth.env) are already in it
     click.echo(f"Prefect UI: http://{host}:{port}   (export PREFECT_API_URL=http://{host}:{port}/api)")
-    raise SystemExit(subprocess.call([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env))
+    child = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)], env=env)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+    raise SystemExit(child.wait())
+
+
+@main.command()
+@click.option("--pool", default="minority-process", show_default=True, help="Prefect work pool (a process pool, created if missing)")
+@click.option("--dataset", "names", multiple=True, help="register only these datasets  [default: every file in the datasets folder]")
+@friendly_errors
+def deploy(pool, names):
+    """Register every dataset's deployments (synthesize/build-reference/score) on a work pool;
+    then `prefect worker start --pool POOL` runs them."""
+    from minority_core.config.datasets import list_datasets
+
+    names = list(names) or list_datasets()
+    if not names:
+        raise InputError("no dataset files found: put <name>.yaml files in the datasets folder (set MINORITY_DATASETS_DIR)")
+    prefect_api_url()
+    from deployments.register import deploy_all
+
+    result = deploy_all(names, pool)
+    click.echo(f"work pool {result['pool']} ({'created' if result['pool_created'] else 'exists'}); deployments:")
+    for name in result["deployments"]:
+        click.echo(f"  {name}")
+    click.echo(f"start a worker: prefect worker start --pool {result['pool']}")
 
 
 @main.command()
