@@ -29,11 +29,10 @@ from minority_core.config.synthesis import KNOBS, SynthesisConfig, describe_vali
 from minority_core.errors import InputError, MissingFileError, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CHECKOUT_DATASETS_DIR = PROJECT_ROOT / "deployments" / "datasets"
+DATASETS_DIR = PROJECT_ROOT / "deployments" / "datasets"  # the default folder: this checkout's (see datasets_dir)
 DATASETS_ENV = "MINORITY_DATASETS_DIR"
 OFFLINE_EXTRACTOR = "pixels"  # needs no weights: what a dataset scores with when its default extractor cannot load
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
-SOURCE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".parquet")  # what io/sources.py reads
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +219,10 @@ def datasets_dir(given: str | Path | None = None) -> Path:
         if not folder.is_dir():
             raise MissingFileError(f"datasets folder {folder} (from {how}) does not exist: point {how} at the folder holding your <name>.yaml dataset files")
         return folder
-    if not CHECKOUT_DATASETS_DIR.is_dir():
-        raise MissingFileError(f"no datasets folder: {CHECKOUT_DATASETS_DIR} does not exist (an installed package ships none): "
+    if not DATASETS_DIR.is_dir():
+        raise MissingFileError(f"no datasets folder: {DATASETS_DIR} does not exist (an installed package ships none): "
                                f"pass --datasets-dir DIR or set {DATASETS_ENV}=DIR, a folder of <name>.yaml dataset files")
-    return CHECKOUT_DATASETS_DIR
+    return DATASETS_DIR
 
 
 def load_dataset_file(path: str | Path) -> DatasetEntry:
@@ -415,8 +414,9 @@ def _json_problem(path: Path, field: str) -> str | None:
 
 
 def _source_problems(entry: DatasetEntry) -> list[str]:
-    """The real data a reference is built from: bundled:digits, or a local folder/file with images or Parquet.
-    (URLs are read when the reference is built; credentials may not be here.)"""
+    """The real data a reference is built from: bundled:digits, or an existing local folder or file. Its
+    contents are read when the reference is built (they may still be arriving), URLs too (credentials
+    may not be here)."""
     source = entry.reference.source
     if source.startswith("bundled:"):
         return [] if source == "bundled:digits" else [f"reference.source: unknown bundled data {source!r}: use bundled:digits, an image folder or Parquet"]
@@ -425,8 +425,6 @@ def _source_problems(entry: DatasetEntry) -> list[str]:
     path = Path(entry.reference_source)
     if not path.exists():
         return [f"reference.source: {path} does not exist: give the folder of real images or the Parquet file/folder ({_relative_hint(entry)})"]
-    if path.is_dir() and not any(p.suffix.lower() in SOURCE_SUFFIXES for p in path.rglob("*")):
-        return [f"reference.source: no images ({', '.join(SOURCE_SUFFIXES[:-1])}) or .parquet files under {path}: put the real data there"]
     return []
 
 
