@@ -17,7 +17,7 @@ from PIL import Image
 
 from minority_core.config import SynthesisConfig
 from minority_core.errors import InputError
-from minority_core.io import ShardStore, decode_png, features_matrix, features_table, sample_id
+from minority_core.io import ShardStore, decode_png, features_matrix, features_table, sample_id, samples_table
 from minority_core.runs.scoring import open_run, score_table
 
 ROWS, SHARD = 24, 10  # three shards: 10, 10, 4
@@ -281,3 +281,76 @@ def test_export_command(runs, tmp_path):
     assert json.loads(result.output)["rows"] == 2 * ROWS and len(load(tmp_path / "cli")) == 2 * ROWS
     again = CliRunner().invoke(main, ["export", "--run", made["a"], "--out", str(tmp_path / "cli")])
     assert again.exit_code == 2 and "is not empty" in again.output and "Traceback" not in again.output
+
+
+def test_a_failed_export_leaves_nothing(runs, tmp_path):
+    import shutil
+
+    from minority_core.errors import CorruptShardError
+    from minority_core.runs.export import export_runs
+
+    _, made = runs
+    copy = shutil.copytree(made["b"], tmp_path / "b")
+    store, manifest = open_run(str(copy), {})
+    last = manifest.records("samples")[-1]
+    path = store.shard_path("samples", last.index)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF  # same size: found only when the shard is read for the export
+    open(path, "wb").write(bytes(data))
+    out = tmp_path / "out"
+    with pytest.raises(CorruptShardError):
+        export_runs([(store, manifest)], ShardStore(str(out)))
+    assert not out.exists() or not any(out.iterdir())  # the shards written before the bad one are gone
+
+
+def test_prompts_travel_into_the_export(tmp_path):
+    """A text-to-image run (stand-in images with prompts, pixels features): per-prompt selection in
+    support, exported with its prompts."""
+    from minority_core.io import Manifest
+    from minority_core.metrics import ReferenceSet
+    from minority_core.runs.commit import ManifestCommitter
+    from minority_core.runs.export import export_runs
+    from minority_core.runs.select import select_rarest
+
+    prompts, rng = ["a red cat", "a blue dog"], np.random.default_rng(5)
+    reference = rng.integers(0, 256, (200, 64)).astype(np.float32) / 255
+    ReferenceSet.build(reference, k_lof=5, k_rarity=3).save(str(tmp_path / "ref" / "pixels" / "index"))
+    store = ShardStore(str(tmp_path / "t2i"))
+    config = {"model": "stand-in", "extractor": "pixels", "arm": "guided", "num_samples": 24, "shard_size": 12, "seed": 7, "sampler": {"prompts": prompts}}
+    committer = ManifestCommitter(store, Manifest(config=config, code_version="test"), 2)
+    for k in range(2):
+        images = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8)
+        ids = [sample_id(k, row) for row in range(12)]
+        features = store.write_shard("features/pixels", k, features_table(ids, images.reshape(12, -1).astype(np.float32) / 255))
+        samples = store.write_shard("samples", k, samples_table(images, k, seed=k, prompts=[prompts[(12 * k + r) % 2] for r in range(12)]))
+        committer.commit_records([features, samples])
+    committer.finish()
+    run = score_run(store.url, str(tmp_path / "ref"), "pixels")
+    scores = scores_of(run)
+    assert 0 < scores["in_support"].sum() < 24
+    select_rarest(*open_run(run, {}), "avgknn", top_q=0.5, name="pp", per_prompt=True, in_support=True)
+    export_runs([open_run(run, {})], ShardStore(str(tmp_path / "out")), selection="pp")
+    frame = load(tmp_path / "out").to_pandas()
+    expected = set()
+    for p in prompts:
+        rows = np.flatnonzero((np.arange(24) % 2 == prompts.index(p)) & scores["in_support"].to_numpy())
+        expected |= set(rows[np.argsort(-scores["avgknn"].to_numpy()[rows], kind="stable")][: max(1, round(0.5 * len(rows)))].tolist())
+    assert set(frame["sample_id"]) == {scores["sample_id"][i] for i in expected}
+    assert frame["prompt"].tolist() == [prompts[int(s.split("-")[1]) % 2] for s in frame["sample_id"]]  # row r of any shard: prompt r mod 2
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_filter_command_options(runs):
+    from click.testing import CliRunner
+
+    from minority_synth.cli import main
+
+    _, made = runs
+    args = ["filter", "--run", made["a"], "--metric", "rarity", "--top-q", "1", "--in-support", "--min-confidence", "0.5", "--name", "cli"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    scores, confidence = scores_of(made["a"]), brute_confidence(made["a"])
+    rows = np.flatnonzero(scores["in_support"].to_numpy() & (confidence >= 0.5))
+    assert selection_of(made["a"], "cli")["sample_id"].tolist() == scores["sample_id"].to_numpy()[rows].tolist()
+    bad = CliRunner().invoke(main, ["filter", "--run", made["off"], "--metric", "rarity", "--top-q", "0.1"])
+    assert bad.exit_code == 2 and "every sample is out of support" in bad.output

@@ -94,11 +94,15 @@ def export_runs(runs: list[tuple[ShardStore, Manifest]], out: ShardStore, select
         raise InputError("the same run is given twice: give each run once")
     out.check_writable()
     writer = ParquetWriter(out) if fmt == "parquet" else ImageFolderWriter(out)
-    for part in parts:
-        for table in export_tables(part):
-            writer.add(table)
-    writer.finish()
-    out.write_text("README.md", dataset_card(parts, fmt, writer.rows))
+    try:
+        for part in parts:
+            for table in export_tables(part):
+                writer.add(table)
+        writer.finish()
+        out.write_text("README.md", dataset_card(parts, fmt, writer.rows))
+    except BaseException:
+        remove_export(out)  # the folder was empty: a half export would only be refused next time
+        raise
     return {"out": out.fs.unstrip_protocol(out.root), "format": fmt, "rows": writer.rows,
             "runs": [{"run": p.run, "rows": int(len(p.rows))} for p in parts]}
 
@@ -107,6 +111,14 @@ def check_empty(out: ShardStore) -> None:
     """An export never mixes with earlier files: a second export into one folder would double count."""
     if out.fs.exists(out.root) and out.fs.ls(out.root):
         raise InputError(f"{out.url} is not empty: export to a new folder")
+
+
+def remove_export(out: ShardStore) -> None:
+    """Delete what an export writes (and nothing else) after a failure."""
+    for entry in ("data", "train", "README.md"):
+        path = f"{out.root}/{entry}"
+        if out.fs.exists(path):
+            out.fs.rm(path, recursive=True)
 
 
 def run_part(store: ShardStore, manifest: Manifest, selection: str | None) -> RunPart:
