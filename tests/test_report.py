@@ -433,3 +433,29 @@ def test_wide_tables_are_in_a_scrolling_container(report):
     assert re.search(r'<div class="scroll" role="region" tabindex="0" aria-label="Headline numbers"><table class="wide">', report.html)
     assert re.search(r"\.scroll\{overflow-x:auto", report.html)
     assert "white-space:nowrap" in report.html  # cells keep their width, so a wide table scrolls instead of squeezing
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_knn_accuracy_from_the_reference_meta(tmp_path, kind):
+    import json
+
+    from minority_core.metrics import ReferenceSet
+
+    features = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+    ReferenceSet.build(features, k_lof=5, k_rarity=3, index=kind).save(str(tmp_path / "index"))
+    accuracy = json.loads((tmp_path / "index" / "meta.json").read_text())["accuracy"]
+    notes = re.search(r'<ul class="notes">(.*?)</ul>', build_report([make_arm("a", 0.0, seed=1)], "t", notes=["n"], knn_accuracy=accuracy).html).group(1)
+    if kind == "exact":
+        assert "<li>kNN accuracy: exact search (brute force), no approximation in the scores.</li>" in notes
+    else:
+        checked = f"{accuracy['checked_samples']:,}"
+        assert f"checked against brute force on {checked} samples): max relative error AvgkNN " in notes
+        assert f"{100 * accuracy['share_within_1pct']:.1f} % of samples within 1 %" in notes
+    assert "kNN accuracy" not in build_report([make_arm("a", 0.0, seed=1)], "t").html
+    with pytest.raises(ValueError, match="knn_accuracy must be"):
+        build_report([make_arm("a", 0.0, seed=1)], "t", knn_accuracy="exact")
+
+
+def test_a_single_arm_says_it_has_no_baseline():
+    line = re.search(r'class="glance">.*?</section>', build_report([make_arm("guided", 0.0, seed=1)], "t").html).group(0)
+    assert "guided only: AvgkNN mean" in line and "no baseline arm" in line

@@ -73,3 +73,22 @@ def format_change(new: Any, base: Any) -> str | None:
 def format_value(value: Any, formatter: Callable[[Any], str]) -> str:
     """Strings from data pass through (escaped later); numbers go through the column's formatter."""
     return value if isinstance(value, str) else formatter(value)
+
+
+def knn_accuracy_line(accuracy: dict[str, Any] | None) -> str | None:
+    """The reference index's checked accuracy (`ReferenceSet.accuracy`, kept in its meta.json) in
+    one sentence, so a reader knows the scores are exact or how far from brute force; None if absent."""
+    if not isinstance(accuracy, dict) or not accuracy.get("method"):
+        return None
+    if accuracy["method"] == "exact":
+        return "kNN accuracy: exact search (brute force), no approximation in the scores."
+    errors = accuracy.get("max_rel_error") or {}
+    worst = ", ".join(f"{name} {finite_or_none(errors[key]):.2g}" for key, name in (("avgknn", "AvgkNN"), ("lof", "LOF"), ("rarity", "Rarity"))
+                      if finite_or_none(errors.get(key)) is not None)
+    parts = [f"max relative error {worst}" if worst else None,
+             f"{format_share(accuracy.get('share_within_1pct'))} of samples within 1 %" if finite_or_none(accuracy.get("share_within_1pct")) is not None else None,
+             f"in-support flag agrees on {format_share(accuracy.get('in_support_agreement'))}"
+             if finite_or_none(accuracy.get("in_support_agreement")) is not None else None]
+    checked = format_count(accuracy.get("checked_samples"))
+    found = "; ".join(part for part in parts if part) or "no figures recorded"
+    return f"kNN accuracy ({accuracy['method']}; checked against brute force on {checked} samples): {found}."

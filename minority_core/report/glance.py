@@ -12,7 +12,8 @@ def glance_lines(rows: list[dict[str, Any]]) -> list[str]:
     if len(rows) == 1:
         row = rows[0]
         return [f"{row['name']} only: AvgkNN mean {format_number(row.get('avgknn_mean'))}, "
-                f"out of support {format_share(row.get('out_of_support_share'))}"]
+                f"out of support {format_share(row.get('out_of_support_share'))} (no baseline arm: AvgkNN's scale "
+                "depends on the extractor and data, so compare with a standard run of the same model)"]
     return [_glance_line(row, rows[0]) for row in rows[1:]]
 
 

@@ -12,7 +12,7 @@ from minority_core.report.grids import shown_rows
 from minority_core.report.model import ArmResult, CheckedArm
 
 
-def validate(arms: Any, title: Any, notes: Any, descriptions: Any) -> list[CheckedArm]:
+def validate(arms: Any, title: Any, notes: Any, descriptions: Any, knn_accuracy: Any = None) -> list[CheckedArm]:
     """The arms checked and normalised; an InputError naming what is wrong otherwise."""
     if not isinstance(arms, Sequence) or isinstance(arms, str) or len(arms) == 0:
         raise InputError("build_report needs a non-empty list of ArmResult")
@@ -27,6 +27,8 @@ def validate(arms: Any, title: Any, notes: Any, descriptions: Any) -> list[Check
         raise InputError("notes must be a list of strings")
     if descriptions is not None and not isinstance(descriptions, dict):
         raise InputError("metric_descriptions must be a dict of metric name to text")
+    if knn_accuracy is not None and not isinstance(knn_accuracy, dict):
+        raise InputError("knn_accuracy must be the reference set's accuracy dict (ReferenceSet.accuracy) or None")
     return checked
 
 
