@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -217,10 +218,12 @@ class ParquetWriter:
 
 
 class ImageFolderWriter:
-    """`train/<label>/<run tag>-<sample id>.png` and, at the end, `train/metadata.jsonl`."""
+    """`train/<label>/<run tag>-<sample id>.png` and, at the end, `train/metadata.jsonl`, whose rows
+    are spooled to a local temporary file meanwhile (memory stays flat however many rows)."""
 
     def __init__(self, out: ShardStore) -> None:
-        self.out, self.rows, self.metadata = out, 0, []
+        self.out, self.rows, self.present = out, 0, {"file_name"}
+        self.spool = tempfile.TemporaryFile("w+", encoding="utf-8")
 
     def add(self, table: pa.Table) -> None:
         for row in table.to_pylist():
@@ -228,14 +231,23 @@ class ImageFolderWriter:
             folder = "unlabelled" if row["label"] is None else str(row["label"])
             name = f"{folder}/{hashlib.sha256(row['run'].encode()).hexdigest()[:8]}-{row['sample_id']}.png"
             write_atomic(self.out.fs, f"{self.out.root}/train/{name}", image["bytes"])
-            self.metadata.append({"file_name": name, **{k: jsonable(v) for k, v in row.items()}})
+            entry = {"file_name": name, **{k: jsonable(v) for k, v in row.items()}}
+            self.present.update(k for k, v in entry.items() if v is not None)
+            self.spool.write(json.dumps(entry) + "\n")
         self.rows += table.num_rows
 
     def finish(self) -> None:
         """Columns that are null in every row (no prompts, no confidence) are left out of the metadata."""
-        empty = {k for k in self.metadata[0] if all(m[k] is None for m in self.metadata)} if self.metadata else set()
-        text = "".join(json.dumps({k: v for k, v in m.items() if k not in empty}) + "\n" for m in self.metadata)
-        self.out.write_text("train/metadata.jsonl", text)
+        self.spool.seek(0)
+
+        def write(sink) -> None:
+            for line in self.spool:
+                sink.write((json.dumps({k: v for k, v in json.loads(line).items() if k in self.present}) + "\n").encode("utf-8"))
+
+        try:
+            write_atomic(self.out.fs, f"{self.out.root}/train/metadata.jsonl", write)
+        finally:
+            self.spool.close()
 
     @staticmethod
     def configs() -> list[dict]:
