@@ -273,7 +273,7 @@ def filter_cmd(run_url, metric, top_q, threshold, name, per_prompt, in_support, 
 
 @main.command("export")
 @click.option("--run", "runs", multiple=True, required=True, help="a scored run (repeat to export several runs into one dataset)")
-@click.option("--selection", default=None, help="a selection `filter` wrote (its --name)  [default: every scored sample]")
+@click.option("--selection", default=None, help="a selection `filter` wrote (its --name, in every --run)  [default: every scored sample]")
 @click.option("--out", required=True, help="an empty folder or URL for the dataset")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "imagefolder"]), default="parquet", show_default=True,
               help="parquet: data/*.parquet + a dataset card; imagefolder: train/<label>/*.png + metadata.jsonl")
