@@ -70,7 +70,7 @@ class CheckedArm:
     prompts: list[str] | None = None
     image_rows: list[int] | None = None  # the score row of each image; None: one image per row
     config: dict[str, Any] | None = None
-    labels: np.ndarray | None = None  # one per score row (object array of printable values)
+    labels: np.ndarray | None = None  # one per score row (printable values)
 
 
 def in_support_rarity(arm: CheckedArm) -> np.ndarray | None:

@@ -84,12 +84,12 @@ def _check_scores(name: str, scores: Any) -> tuple[dict[str, np.ndarray], int | 
 
 
 def _check_labels(name: str, labels: Any, n: int | None) -> np.ndarray | None:
-    """One label per score row (any printable values), as a 1-D object array."""
+    """One label per score row (any printable values), as a 1-D array (ints stay ints: no per-sample objects)."""
     if labels is None:
         return None
     if isinstance(labels, (str, bytes, dict)):
         raise InputError(f"arm {name!r}: labels must be a list or 1-D array, one label per sample")
-    array = np.asarray(labels, dtype=object)
+    array = np.asarray(labels)
     if array.ndim != 1 or (n is not None and len(array) != n):
         raise InputError(f"arm {name!r}: {array.shape} labels but {n} score rows; give one label per sample")
     return array
