@@ -148,6 +148,14 @@ def sample(prompts_file, **options):
     click.echo(json.dumps({"samples": n, "parquet": store.url_of(record.path), "grid": str(Path(out) / "grid.png")}))
 
 
+def one_shot(flow, body):
+    """A one-shot command's callable: the flow (a recorded flow run) where a Prefect server is
+    configured, else its plain body, so no temporary Prefect server starts (~15-20 s)."""
+    from flows.runtime import prefect_configured
+
+    return flow if prefect_configured() else body
+
+
 def normalise_out(out: str) -> str:
     """Local paths become absolute (Ray workers may run in another working directory)."""
     return out if "://" in out else str(Path(out).expanduser().resolve())
@@ -206,10 +214,10 @@ def _fmt(value) -> str:
 @friendly_errors
 def build_reference_cmd(source, reference, extractor, index, device, storage_option):
     """Features of real data + precomputed kNN radii and LOF densities, saved once."""
-    from flows.scoring import build_reference
+    from flows.scoring import build_reference, make_reference
 
     plain = _storage(storage_option)
-    click.echo(json.dumps(build_reference(source, normalise_out(reference), extractor=extractor, index=index, device=device, storage_options=plain), indent=2))
+    click.echo(json.dumps(one_shot(build_reference, make_reference)(source, normalise_out(reference), extractor=extractor, index=index, device=device, storage_options=plain), indent=2))
 
 
 @main.command("score")
@@ -222,9 +230,10 @@ def build_reference_cmd(source, reference, extractor, index, device, storage_opt
 @friendly_errors
 def score_cmd(run_url, reference, k_avg, workers, storage_option):
     """AvgkNN, LOF and Rarity of every sample of a run (resumes: scored shards are skipped)."""
-    from flows.scoring import score
+    from flows.scoring import score, score_run
 
-    click.echo(json.dumps(score(normalise_out(run_url), normalise_out(reference), k_avg=k_avg, storage_options=_storage(storage_option), workers=workers), indent=2))
+    run = one_shot(score, score_run)
+    click.echo(json.dumps(run(normalise_out(run_url), normalise_out(reference), k_avg=k_avg, storage_options=_storage(storage_option), workers=workers), indent=2))
 
 
 @main.command("verify")
@@ -299,10 +308,10 @@ def export_cmd(runs, selection, out, fmt, storage_option):
 @click.option("--storage-option", "storage_option", multiple=True)
 @friendly_errors
 def report_cmd(runs, reference, out, title, storage_option):
-    """One self-contained HTML report comparing runs, plus Prefect artifacts."""
-    from flows.scoring import report
+    """One self-contained HTML report comparing runs, plus Prefect artifacts (with a server configured)."""
+    from flows.scoring import report, report_runs
 
-    result = report([normalise_out(r) for r in runs], normalise_out(reference), normalise_out(out), title=title, storage_options=_storage(storage_option))
+    result = one_shot(report, report_runs)([normalise_out(r) for r in runs], normalise_out(reference), normalise_out(out), title=title, storage_options=_storage(storage_option))
     click.echo(result["report"])
 
 
@@ -326,7 +335,7 @@ def _storage(pairs: tuple[str, ...]) -> dict:
 
 datasets_dir_option = click.option(
     "--datasets-dir", type=click.Path(file_okay=False), default=None,
-    help="folder of <name>.yaml dataset files  [default: $MINORITY_DATASETS_DIR, else deployments/datasets of this checkout]",
+    help="folder of <name>.yaml dataset files  [default: $MINORITY_DATASETS_DIR, else the project's deployments/datasets]",
 )
 
 
@@ -334,8 +343,8 @@ datasets_dir_option = click.option(
 def datasets():
     """Dataset files (<name>.yaml in the datasets folder): list, show, validate.
 
-    The folder is --datasets-dir, else $MINORITY_DATASETS_DIR, else deployments/datasets of this
-    checkout (an installed wheel ships none). Extractors (reference.extractor): pixels (no
+    The folder is --datasets-dir, else $MINORITY_DATASETS_DIR, else the project's own
+    deployments/datasets. Extractors (reference.extractor): pixels (no
     weights), demo-classifier (bundled digits classifier), inception-pool3 and inception-spatial
     (Inception-V3 weights; `minority-synth doctor` shows where). Without reference.extractor the
     model's default is used, or pixels when the default's weights are absent.

@@ -5,10 +5,9 @@ guidance and run sizes, and a schedule. `load_dataset_file` checks the schema; `
 then checks what a run will need (paths, the model's config, the extractor's weights, the cron),
 before any work and offline, with one-line errors that name the file, the field and the fix.
 
-The datasets folder is `--datasets-dir`, else `$MINORITY_DATASETS_DIR`, else `deployments/datasets`
-of this checkout (a wheel ships none). Relative paths in a file are taken from the project root
-for files inside this checkout, else from the file's own folder, so a datasets folder kept
-elsewhere is self-contained.
+The datasets folder is `--datasets-dir`, else `$MINORITY_DATASETS_DIR`, else the project's own
+`deployments/datasets`. Relative paths in a file are taken from the project root for files inside the
+project, else from the file's own folder, so a datasets folder kept elsewhere is self-contained.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from minority_core.config.synthesis import KNOBS, SynthesisConfig, describe_vali
 from minority_core.errors import InputError, MissingFileError, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DATASETS_DIR = PROJECT_ROOT / "deployments" / "datasets"  # the default folder: this checkout's (see datasets_dir)
+DATASETS_DIR = PROJECT_ROOT / "deployments" / "datasets"  # the default folder: the project's own (see datasets_dir)
 DATASETS_ENV = "MINORITY_DATASETS_DIR"
 OFFLINE_EXTRACTOR = "pixels"  # needs no weights: what a dataset scores with when its default extractor cannot load
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
@@ -172,7 +171,7 @@ class DatasetEntry(_Strict):
 
     def resolve(self, path: str) -> str:
         """URLs and absolute paths stay as they are; relative local paths start at the file's base
-        (the project root for files in this checkout, else the file's folder)."""
+        (the project root for files inside the project, else the file's folder)."""
         if "://" in path:
             return path
         path = os.path.expanduser(path)
@@ -212,7 +211,7 @@ class DatasetEntry(_Strict):
 
 def datasets_dir(given: str | Path | None = None) -> Path:
     """The folder of dataset files: `given` (`--datasets-dir`), else $MINORITY_DATASETS_DIR, else
-    this checkout's deployments/datasets; read at each call, so a worker's environment counts."""
+    the project's deployments/datasets; read at each call, so a worker's environment counts."""
     if given is not None or os.environ.get(DATASETS_ENV):
         how = "--datasets-dir" if given is not None else f"${DATASETS_ENV}"
         folder = Path(given if given is not None else os.environ[DATASETS_ENV]).expanduser()
@@ -220,7 +219,7 @@ def datasets_dir(given: str | Path | None = None) -> Path:
             raise MissingFileError(f"datasets folder {folder} (from {how}) does not exist: point {how} at the folder holding your <name>.yaml dataset files")
         return folder
     if not DATASETS_DIR.is_dir():
-        raise MissingFileError(f"no datasets folder: {DATASETS_DIR} does not exist (an installed package ships none): "
+        raise MissingFileError(f"no datasets folder: {DATASETS_DIR} does not exist: "
                                f"pass --datasets-dir DIR or set {DATASETS_ENV}=DIR, a folder of <name>.yaml dataset files")
     return DATASETS_DIR
 
@@ -270,10 +269,10 @@ def get_dataset(name: str, directory: str | Path | None = None) -> DatasetEntry:
 
 
 def _relative_base(path: Path) -> Path:
-    """The project root for a file inside this checkout (how the shipped files are written), else the file's folder."""
+    """The project root for a file inside the project (a checkout, or the installed package: how
+    the shipped files are written), else the file's own folder."""
     path = path.resolve()
-    in_checkout = (PROJECT_ROOT / "pyproject.toml").is_file() and path.is_relative_to(PROJECT_ROOT)
-    return PROJECT_ROOT if in_checkout else path.parent
+    return PROJECT_ROOT if path.is_relative_to(PROJECT_ROOT) else path.parent
 
 
 def _hub_id(target: str) -> bool:
