@@ -20,20 +20,15 @@ apply_defaults()
 
 from prefect import serve  # noqa: E402
 
-from flows.dataset_runs import build_dataset_reference, score_dataset_run, synthesize_dataset  # noqa: E402
-from minority_core.config.datasets import get_dataset, list_datasets  # noqa: E402
+import flows.dataset_runs as dataset_runs  # noqa: E402
+from deployments.specs import dataset_specs  # noqa: E402
+from minority_core.config.datasets import list_datasets  # noqa: E402
 
 
 def deployments(names: list[str], interval: float | None = None) -> list:
-    out = []
-    for name in names:
-        entry = get_dataset(name)
-        tags = entry.deployment_tags()
-        schedule = {"interval": interval} if interval else ({"cron": entry.schedule.cron} if entry.schedule.cron else {})
-        out.append(synthesize_dataset.to_deployment(name=name, parameters={"dataset": name}, tags=tags, description=entry.description, **schedule))
-        out.append(build_dataset_reference.to_deployment(name=name, parameters={"dataset": name}, tags=tags))
-        out.append(score_dataset_run.to_deployment(name=name, parameters={"dataset": name}, tags=tags))
-    return out
+    return [getattr(dataset_runs, spec.flow).to_deployment(name=spec.name, parameters=spec.parameters, tags=spec.tags, description=spec.description,
+                                                          **spec.schedule)
+            for name in names for spec in dataset_specs(name, interval)]
 
 
 def main() -> None:

@@ -1,26 +1,57 @@
 """Flows that deployments run: a dataset name plus overrides → a full synthesis (+ score + report).
 
-These are what `deployments/serve.py` and `deployments/prefect.yaml` expose as
+These are what `minority-synth deploy` and `deployments/serve.py` expose as
 `synthesize/<dataset>`, `build-reference/<dataset>` and `score/<dataset>`.
+
+A dataset run's identity comes from its flow run, fixed before the first attempt: the output
+folder and the flow run's name are `<dataset>-<expected start, UTC>-<run id[:8]>` (Prefect sets
+the expected start once, when the run is first scheduled), and the seed is drawn from the run
+id unless the dataset file pins one. So two runs of a dataset differ, and a retry (Prefect's,
+or a rerun of the same flow run from the UI) resumes its own folder. Everything a user looks at
+is on the run they triggered: the progress, the summary (seed, folder, report) and the report's
+table, under keys of the dataset; the subflows carry the dataset's tags.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import uuid
 
-from prefect import flow
+from prefect import flow, get_run_logger, tags
+from prefect.artifacts import create_progress_artifact
 from prefect.runtime import flow_run
 
-from flows.scoring import build_reference, score
-from flows.synthesize import synthesize
+from flows.scoring import build_reference, report_runs, score
+from flows.synthesize import LANE_RUNNER, run_synthesis
 from minority_core.config.datasets import get_dataset
 
 
+def dataset_run_name(dataset: str, flow_run_id: str, expected_start: dt.datetime) -> str:
+    """The folder and flow run name of one run of `dataset`: the same on every attempt."""
+    return f"{dataset}-{expected_start.astimezone(dt.UTC):%Y%m%d-%H%M%S}-{str(flow_run_id)[:8]}"
+
+
+def dataset_run_seed(flow_run_id: str) -> int:
+    """A seed of this flow run only (31 bits: numpy and torch take it everywhere)."""
+    return int.from_bytes(hashlib.sha256(str(flow_run_id).encode()).digest()[:4], "big") >> 1
+
+
+def _this_run() -> tuple[str, dt.datetime]:
+    """This flow run's id and expected start (a fresh id and now outside Prefect)."""
+    run_id = flow_run.get_id() or str(uuid.uuid4())
+    return run_id, flow_run.get_scheduled_start_time()
+
+
 def _dataset_run_name() -> str:
-    return f"{flow_run.parameters.get('dataset', 'dataset')}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    return dataset_run_name(flow_run.parameters.get("dataset", "dataset"), *_this_run())
 
 
-@flow(name="synthesize", flow_run_name=_dataset_run_name, retries=1, retry_delay_seconds=30)
+def _dataset_task_name() -> str:
+    return f"{flow_run.parameters.get('dataset', 'dataset')}-{_this_run()[0][:8]}"
+
+
+@flow(name="synthesize", flow_run_name=_dataset_run_name, retries=1, retry_delay_seconds=30, task_runner=LANE_RUNNER)
 def synthesize_dataset(
     dataset: str,
     num_samples: int | None = None,
@@ -32,17 +63,41 @@ def synthesize_dataset(
     out: str | None = None,
 ) -> dict:
     """Synthesize, score and report one run of a dataset; retried once if it fails (it resumes)."""
-    config = get_dataset(dataset).synthesis_config(num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed, workers=workers, out=out)
-    return synthesize(config)
+    logger = get_run_logger()
+    entry = get_dataset(dataset)
+    run_id, expected_start = _this_run()
+    name = dataset_run_name(dataset, run_id, expected_start)
+    pinned = seed is not None or entry.run.seed is not None
+    if seed is None:
+        seed = entry.run.seed if entry.run.seed is not None else dataset_run_seed(run_id)
+    out = out or f"{entry.output_url}/{name}"
+    config = entry.synthesis_config(num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed,
+                                    workers=workers, out=out)
+    logger.info("dataset %s: seed %d (%s), output %s, attempt %d", dataset, seed, "pinned" if pinned else "drawn from this flow run", out,
+                flow_run.get_run_count())
+    progress = create_progress_artifact(0.0, key=f"{dataset}-progress", description=f"{name}: shards committed")
+    with tags(*entry.deployment_tags(), f"run:{name}"):  # on every task run (and subflow) of this run
+        # the bodies, not subflows: lanes, scoring, the report and their cards are on this run
+        summary = run_synthesis(config, progress_artifact=progress, artifact_prefix=dataset)
+        if entry.baseline:  # the standard arm beside it, same seed and sizes, then one report of both
+            baseline = entry.baseline_config(config)
+            summary["baseline"] = run_synthesis(baseline, artifact_prefix=f"{dataset}-standard")
+            if config.output.reference:
+                summary["report"] = report_runs([config.output.out, baseline.output.out], config.output.reference, config.output.out,
+                                                title=f"{name}: guided vs standard", storage_options=config.output.storage_options,
+                                                artifact_prefix=dataset)["report"]
+    return {**summary, "dataset": dataset, "seed": seed}
 
 
-@flow(name="build-reference", flow_run_name=_dataset_run_name)
+@flow(name="build-reference", flow_run_name=_dataset_task_name)
 def build_dataset_reference(dataset: str) -> dict:
     entry = get_dataset(dataset)
-    return build_reference(entry.reference_source, entry.reference_url, extractor=entry.reference.extractor or "inception-pool3")
+    with tags(*entry.deployment_tags()):
+        return build_reference(entry.reference_source, entry.reference_url, extractor=entry.reference.extractor or "inception-pool3")
 
 
-@flow(name="score", flow_run_name=_dataset_run_name)
+@flow(name="score", flow_run_name=_dataset_task_name)
 def score_dataset_run(dataset: str, run: str) -> dict:
     entry = get_dataset(dataset)
-    return score(entry.resolve(run), entry.reference_url)
+    with tags(*entry.deployment_tags()):
+        return score(entry.resolve(run), entry.reference_url)

@@ -8,13 +8,13 @@ committing them; progress reaches the UI through a rate-limited progress artifac
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import time
 from concurrent import futures
+from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -34,8 +34,9 @@ def _run_name() -> str:
     if isinstance(config, SynthesisConfig):
         config = config.model_dump()
     model = str((config.get("model") or {}).get("spec", "model")).replace(":", "-").replace("/", "-")[-40:]
-    arm = (config.get("output") or {}).get("arm", "run")
-    return f"{arm}-{model}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
+    output = config.get("output") or {}
+    folder = str(output.get("out", "")).rstrip("/").rsplit("/", 1)[-1]
+    return f"{output.get('arm', 'run')}-{folder or model}"[:100]
 
 
 def make_pool(config: SynthesisConfig):
@@ -74,9 +75,18 @@ def run_lanes(pool, lanes: list, work: ShardQueue, committer: ManifestCommitter,
     return totals
 
 
-@flow(name="synthesize-run", flow_run_name=_run_name, task_runner=ThreadPoolTaskRunner(max_workers=MAX_LANES), log_prints=True)
-def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
-    """Generate `config.output.num_samples` samples as Parquet shards under `config.output.out`; resumable."""
+LANE_RUNNER = ThreadPoolTaskRunner(max_workers=MAX_LANES)  # a flow that calls `run_synthesis` runs its lanes with this
+
+
+def run_synthesis(config: SynthesisConfig, progress: bool = False, progress_artifact: UUID | None = None, artifact_prefix: str | None = None) -> dict:
+    """Generate `config.output.num_samples` samples as Parquet shards under `config.output.out`,
+    then score and report them if the config names a reference; resumable. Runs inside a flow run
+    whose task runner is LANE_RUNNER (`synthesize`, or a dataset run calling it directly, so that
+    everything shows on the run the user triggered).
+
+    `progress_artifact`: a progress artifact to update instead of a new one; `artifact_prefix`:
+    the artifacts' keys start with it (a dataset's name, so datasets do not overwrite each
+    other's cards)."""
     logger = get_run_logger()
     start = time.monotonic()
     o = config.output
@@ -84,7 +94,12 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         check_ray_address(config.execution.ray_address or os.environ.get("RAY_ADDRESS"))  # in seconds, before anything is written
     plan = plan_shards(config)
     store = open_store(config)
-    progress_id = create_progress_artifact(100.0 * plan.done / plan.total, key=f"synthesis-progress-{o.arm}", description=f"shards committed of {plan.total}")
+    prefix = artifact_prefix or "synthesis"
+    if progress_artifact is None:
+        progress_id = create_progress_artifact(100.0 * plan.done / plan.total, key=f"{prefix}-progress-{o.arm}", description=f"shards committed of {plan.total}")
+    else:
+        progress_id = progress_artifact
+        update_progress_artifact(progress_id, 100.0 * plan.done / plan.total)
     totals = LaneTotals()
     if plan.pending:
         pool = make_pool(config)
@@ -109,11 +124,14 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         reporter.finish(committer.committed_count())  # the committer stored the snapshot manifest with its last shard
     report_url = None
     if o.reference:
-        from flows.scoring import ensure_reference, report, score
+        from flows.scoring import ensure_reference, report_runs, score_run
 
         ensure_reference(o.reference, o.extractor, o.reference_source, o.storage_options, config.execution.device)
-        score(o.out, o.reference, storage_options=o.storage_options)
-        report_url = report([o.out], o.reference, o.out, title=f"minority-synth: {o.arm} ({config.model.spec})", storage_options=o.storage_options)["report"]
+        # scored where it was generated: in-process for workers=0, else on the same cluster's actors
+        score_run(o.out, o.reference, storage_options=o.storage_options, workers=config.execution.workers,
+                  ray_address=config.execution.ray_address)
+        report_url = report_runs([o.out], o.reference, o.out, title=f"minority-synth: {o.arm} ({config.model.spec})", storage_options=o.storage_options,
+                            artifact_prefix=artifact_prefix)["report"]
     seconds = time.monotonic() - start
     summary = {
         "out": o.out,
@@ -128,10 +146,17 @@ def synthesize(config: SynthesisConfig, progress: bool = False) -> dict:
         "manifest": store.url_of("manifest.json"),
         "report": report_url,
     }
-    create_markdown_artifact(_summary_markdown(config, summary), key=f"synthesis-summary-{o.arm}", description="synthesis run summary")
+    key = f"{artifact_prefix}-summary" if artifact_prefix else f"synthesis-summary-{o.arm}"
+    create_markdown_artifact(_summary_markdown(config, summary), key=key, description=f"{o.arm} run summary")
     logger.info("synthesis done: %s", summary)
     return summary
+
+
+synthesize = flow(name="synthesize-run", flow_run_name=_run_name, task_runner=LANE_RUNNER, log_prints=True)(run_synthesis)
+
+
 def _summary_markdown(config: SynthesisConfig, summary: dict) -> str:
+    report = f"[report/index.html]({summary['report']})" if summary.get("report") else "none (no reference)"
     sampler = config.sampler
     g = sampler.guidance
     guidance = "none (standard sampling)" if g is None else f"w={g.scale}, perturb_ratio={g.perturb_ratio}, every={g.every}, stop_ratio={g.stop_ratio}, {g.scale_type}, {g.distance}"
@@ -144,6 +169,8 @@ def _summary_markdown(config: SynthesisConfig, summary: dict) -> str:
         f"| sampler | {sampler.sampler}, {sampler.steps} steps |",
         f"| guidance | {guidance} |",
         f"| samples | {summary['samples']} in {summary['shards']} shards ({summary['generated_shards']} generated, {summary['skipped_shards']} resumed) |",
+        f"| seed | {config.output.seed} |",
         f"| output | `{config.output.out}` |",
+        f"| report | {report} |",
         f"| wall time | {summary['seconds']} s |",
     ])

@@ -271,13 +271,15 @@ def filter_cmd(run_url, metric, top_q, threshold, name, per_prompt, in_support, 
     """Select the rarest samples: writes selections/<name>/shard-00000.parquet (run, ids, scores).
     A sample with a NaN score (Rarity out of support) is never selected; --top-q is a fraction
     of the samples that pass --in-support and --min-confidence."""
-    from flows.scoring import filter_samples
+    from flows.scoring import filter_samples, select_samples
+    from minority_core.runs.select import check_rule
 
     if top_q is None and threshold is None:
         top_q = 0.1
-    click.echo(json.dumps(filter_samples(normalise_out(run_url), metric=metric, top_q=top_q, threshold=threshold, name=name,
-                                         storage_options=_storage(storage_option), per_prompt=per_prompt, in_support=in_support,
-                                         min_confidence=min_confidence), indent=2))
+    check_rule(metric, top_q, threshold, per_prompt, min_confidence)  # before anything starts
+    select = one_shot(filter_samples, select_samples)
+    click.echo(json.dumps(select(normalise_out(run_url), metric=metric, top_q=top_q, threshold=threshold, name=name, storage_options=_storage(storage_option),
+                                 per_prompt=per_prompt, in_support=in_support, min_confidence=min_confidence), indent=2))
 
 
 @main.command("export")

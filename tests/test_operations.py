@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -149,7 +150,7 @@ def test_trigger_watch_completes_with_output_and_artifacts(ops, triggered):
     assert "lane-00" in names and not any(n.startswith("shard-") for n in names)  # one task run per worker lane, not per shard
     artifacts = httpx.post(f"{api}/artifacts/filter", json={}, timeout=10).json()
     keys = {a["key"] for a in artifacts}
-    assert {"minority-report-table", "minority-report-link", "synthesis-summary-guided"} <= keys
+    assert {"digits-report-table", "digits-report-link", "digits-summary", "digits-progress"} <= keys  # keys of the dataset
 
 
 def test_trigger_bad_input(ops, tmp_path):
@@ -212,3 +213,121 @@ def test_ui_and_report_in_a_real_browser(ops, triggered, browser, tmp_path):
     assert len(images) >= 3 and all(img.get_attribute("naturalWidth") not in (None, "0") for img in images)
     browser.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "prefect-flow-run.png").stat().st_size > 10_000
+    # the report is readable from the UI itself: its markdown artifact carries the table and the images inline
+    browser.get(f"{ui}/artifacts/key/digits-report")
+    body = wait_for_text(browser, "AvgkNN", timeout=90)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        inline = [img for img in browser.find_elements("css selector", "img") if (img.get_attribute("src") or "").startswith("data:image/png")]
+        if inline and all(img.get_attribute("naturalWidth") not in (None, "0") for img in inline):
+            break
+        time.sleep(1)
+    assert inline and all(img.get_attribute("naturalWidth") not in (None, "0") for img in inline), body[:500]
+    browser.save_screenshot(str(tmp_path / "report-in-ui.png"))
+
+
+# ---------------------------------------------------------------- work pool: deploy, a real worker, seeds, retries
+
+
+def dataset_file(base: dict, folder: Path, name: str, root: Path, num_samples: int = 16, **changes) -> None:
+    entry = {**base, "name": name, "output": str(root / "pool-runs" / name), "sampler": {"steps": 10},
+             "run": {**base["run"], "num_samples": num_samples, "shard_size": 8, "workers": 1}, **changes}
+    entry.pop("schedule", None)  # nothing scheduled: only the test's runs reach the worker
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump(entry))
+
+
+@pytest.fixture(scope="module")
+def pool(ops):
+    """`minority-synth deploy` of two datasets on a fresh work pool, and a real `prefect worker`
+    for it started without any project setting (no MINORITY_* variable, outside the checkout)."""
+    root = ops["root"]
+    folder = root / "pool-datasets"
+    folder.mkdir()
+    base = yaml.safe_load((root / "datasets" / "digits.yaml").read_text())
+    dataset_file(base, folder, "fresh", root)
+    late_images = root / "late-images"  # the reference data arrives after the first attempt failed
+    late_images.mkdir()
+    dataset_file(base, folder, "late", root, num_samples=32, reference={"source": str(late_images), "extractor": "demo-classifier", "url": str(root / "late-reference")})
+    env = {**ops["env"], "MINORITY_DATASETS_DIR": str(folder)}
+    deployed = [subprocess.run([CLI, "deploy", "--pool", "minority-test"], env=env, capture_output=True, text=True, timeout=180) for _ in range(2)]
+    worker_env = {k: v for k, v in ops["env"].items() if not k.startswith("MINORITY_")}
+    worker_env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
+    worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "minority-test"], env=worker_env, cwd=root,
+                              stdout=open(ops["logs"] / "worker.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield {"env": env, "deployed": deployed, "late_images": late_images, "worker": worker, "root": root}
+    finally:
+        stop(worker)
+
+
+def flow_run(api: str, run_id: str) -> dict:
+    return httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+
+
+def run_id_of(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith("flow run ")).split("(")[1].split(")")[0]
+
+
+def output_of(stdout: str) -> Path:
+    return Path(next(line for line in stdout.splitlines() if line.startswith("output: ")).split(": ", 1)[1])
+
+
+def test_deploy_creates_the_pool_once_and_registers_every_dataset(ops, pool):
+    first, again = pool["deployed"]
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "work pool minority-test (created)" in first.stdout and "work pool minority-test (exists)" in again.stdout
+    registered = {f"{flow_name(ops['api'], d['flow_id'])}/{d['name']}": d for d in deployments(ops["api"]).values() if d.get("work_pool_name") == "minority-test"}
+    assert set(registered) == {f"{flow}/{name}" for flow in ("synthesize", "build-reference", "score") for name in ("fresh", "late")}
+    assert "dataset:fresh" in registered["synthesize/fresh"]["tags"]
+
+
+def test_a_worker_runs_triggered_runs_each_with_its_own_seed_and_folder(ops, pool):
+    runs = [subprocess.run([CLI, "trigger", "fresh", "--watch", "--timeout", "600"], env=pool["env"], capture_output=True, text=True, timeout=700)
+            for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (ops["logs"] / "worker.log").read_text()[-3000:]
+    outs = [output_of(p.stdout) for p in runs]
+    assert outs[0] != outs[1] and sorted(p.name for p in outs[0].parent.iterdir()) == sorted(p.name for p in outs)  # no other (empty) folder
+    manifests = [json.loads((out / "manifest.json").read_text()) for out in outs]
+    seeds = [m["config"]["seed"] for m in manifests]
+    assert seeds[0] != seeds[1]
+    first_shards = [(out / "samples" / "shard-00000.parquet").read_bytes() for out in outs]
+    assert first_shards[0] != first_shards[1]
+    for proc, out, seed in zip(runs, outs, seeds, strict=True):
+        run = flow_run(ops["api"], run_id_of(proc.stdout))
+        assert run["name"] == out.name and run["state_type"] == "COMPLETED"  # the UI's name is the folder's
+        artifacts = httpx.post(f"{ops['api']}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}}, timeout=10).json()
+        keys = {a["key"] for a in artifacts}
+        assert {"fresh-progress", "fresh-summary", "fresh-report", "fresh-report-link"} <= keys  # on the run that was triggered
+        summary = next(a for a in artifacts if a["key"] == "fresh-summary")
+        assert f"| seed | {seed} |" in summary["data"]
+        task_runs = httpx.post(f"{ops['api']}/task_runs/filter", json={"flow_runs": {"id": {"any_": [run["id"]]}}}, timeout=10).json()
+        names = {t["name"].rsplit("-", 1)[0] if t["name"].startswith(("score-shards", "arm-result")) else t["name"] for t in task_runs}
+        assert {"lane-00", "score-shards", "arm-result"} <= names  # generation, scoring and the report are on the triggered run
+        assert all("dataset:fresh" in t["tags"] and f"run:{out.name}" in t["tags"] for t in task_runs)
+
+
+def test_a_retried_run_resumes_its_own_folder(ops, pool):
+    proc = subprocess.run([CLI, "trigger", "late"], env=pool["env"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id, out = run_id_of(proc.stdout), output_of(proc.stdout)
+    deadline = time.monotonic() + 600
+    while flow_run(ops["api"], run_id)["state"]["name"] != "AwaitingRetry":  # attempt 1 generated, then found no reference images
+        assert time.monotonic() < deadline and flow_run(ops["api"], run_id)["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"), flow_run(ops["api"], run_id)["state"]
+        time.sleep(1)
+    generated_first = sorted(p.name for p in (out / "samples").iterdir())
+    assert generated_first  # the first attempt's shards are committed in the folder fixed before it started
+    import pyarrow.parquet as pq
+
+    for shard in sorted((out / "samples").glob("*.parquet")):  # the real data arrives: these samples stand in for it
+        for i, image in enumerate(pq.read_table(shard, columns=["image"]).column("image").to_pylist()):
+            (pool["late_images"] / f"{shard.stem}-{i}.png").write_bytes(image["bytes"])
+    while (run := flow_run(ops["api"], run_id))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+        assert time.monotonic() < deadline
+        time.sleep(2)
+    assert run["state_type"] == "COMPLETED" and run["run_count"] == 2, run["state"]
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # one folder for both attempts, no empty one
+    assert (out / "report" / "index.html").is_file()
+    summary = next(a for a in httpx.post(f"{ops['api']}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10).json()
+                   if a["key"] == "late-summary")
+    assert "(0 generated, 4 resumed)" in summary["data"]  # the second attempt kept every shard of the first

@@ -6,6 +6,7 @@ Layout under REFERENCE/<extractor>/: `features/shard-00000.parquet` (the real fe
 
 from __future__ import annotations
 
+import json
 import logging
 
 import fsspec
@@ -51,3 +52,10 @@ def load_reference_features(reference: str, extractor: str, storage_options: dic
     """The real features of a reference set, float32 [N, dim]."""
     store = ShardStore(reference_url(reference, extractor), storage_options)
     return features_matrix(store.read_shard(("features", 0), verify=False))
+
+
+def reference_accuracy(reference: str, extractor: str, storage_options: dict) -> dict | None:
+    """The reference index's checked kNN accuracy, as its meta.json keeps it (None for older sets),
+    so a report can say how far its scores may be from exact search."""
+    fs, path = fsspec.core.url_to_fs(f"{reference_url(reference, extractor)}/index/meta.json", **storage_options)
+    return json.loads(fs.cat_file(path)).get("accuracy") if fs.exists(path) else None

@@ -64,7 +64,7 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
         summary["seconds_per_sample"] = seconds / scores.num_rows
     images = np.stack([read.tiles[row] for row in wanted]) if wanted else np.zeros((0, 0, 0), np.uint8)
     return ArmResult(name or manifest.config.get("arm", run), columns, summary, images, scores.column("sample_id").to_pylist(),
-                     prompts=read.prompts, image_rows=wanted)
+                     prompts=read.prompts, image_rows=wanted, config=manifest.config, labels=read.labels)
 
 
 def read_features(store: ShardStore, records: list[ShardRecord]) -> np.ndarray:
