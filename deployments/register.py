@@ -12,6 +12,7 @@ from pathlib import Path
 
 from deployments.specs import CODE_ROOT, DeploymentSpec, dataset_specs
 from minority_core.errors import InputError
+from minority_synth.env import DEFAULTS
 
 DEFAULT_POOL = "minority-process"
 
@@ -36,22 +37,39 @@ def ensure_pool(name: str, pool_type: str = "process") -> bool:
     return False
 
 
-def register(spec: DeploymentSpec, pool: str, datasets_dir: Path) -> str:
-    """Register one deployment on `pool`; returns its `flow/name`."""
+def register(spec: DeploymentSpec, pool: str, env: dict[str, str]) -> str:
+    """Register one deployment on `pool`, its runs getting `env`; returns its `flow/name`."""
     import flows.dataset_runs as dataset_runs
 
     flow = getattr(dataset_runs, spec.flow).from_source(source=str(CODE_ROOT), entrypoint=spec.entrypoint)
     flow.deploy(name=spec.name, work_pool_name=pool, build=False, push=False, parameters=spec.parameters, tags=spec.tags,
-                description=spec.description, job_variables={"env": {"MINORITY_DATASETS_DIR": str(datasets_dir)}},
-                print_next_steps=False, **spec.schedule)
+                description=spec.description, job_variables={"env": env}, print_next_steps=False, **spec.schedule)
     return f"{flow.name}/{spec.name}"
 
 
-def deploy_all(names: list[str], pool: str = DEFAULT_POOL, datasets_dir: Path | None = None) -> dict:
-    """Create the pool if needed and register every named dataset's deployments on it."""
+def deploy_all(names: list[str], pool: str = DEFAULT_POOL, datasets_dir: Path | None = None, failure_block: str | None = None) -> dict:
+    """Create the pool if needed and register every named dataset's deployments on it;
+    `failure_block` (a notification block, `<type slug>/<name>`) is told of runs that fail."""
+    from flows.dataset_runs import FAILURE_BLOCK_ENV
     from minority_core.config.datasets import DATASETS_DIR
 
     datasets_dir = Path(datasets_dir or os.environ.get("MINORITY_DATASETS_DIR") or DATASETS_DIR).resolve()
     specs = [spec for name in names for spec in dataset_specs(name)]  # every file validated before anything is registered
+    env = {**DEFAULTS, "MINORITY_DATASETS_DIR": str(datasets_dir)}  # a worker's flow runs get the product's settings too
+    if failure_block:
+        check_block(failure_block)
+        env[FAILURE_BLOCK_ENV] = failure_block
     created = ensure_pool(pool)
-    return {"pool": pool, "pool_created": created, "deployments": [register(spec, pool, datasets_dir) for spec in specs]}
+    return {"pool": pool, "pool_created": created, "deployments": [register(spec, pool, env) for spec in specs]}
+
+
+def check_block(name: str) -> None:
+    """The notification block exists and can notify, or one line with the fix."""
+    from prefect.blocks.core import Block
+
+    try:
+        block = Block.load(name)
+    except (ValueError, KeyError) as exc:
+        raise InputError(f"no Prefect block {name!r} ({exc}): create it in the UI (Blocks) or with Python, named <type slug>/<name>") from None
+    if not callable(getattr(block, "notify", None)):
+        raise InputError(f"block {name!r} is a {type(block).__name__}, which cannot notify: name a notification block (slack-webhook/..., custom-webhook/...)")

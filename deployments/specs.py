@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefect.client.schemas.schedules import CronSchedule
+from pydantic import ValidationError
+
 import flows
-from minority_core.config.datasets import get_dataset
+from minority_core.config.datasets import DatasetEntry, get_dataset
 
 # Where the flows' code lies: the checkout, or site-packages for a wheel. A process worker runs
 # each flow run there, so neither MINORITY_SYNTH_HOME nor a checkout is needed.
@@ -32,7 +35,7 @@ class DeploymentSpec:
 
 def dataset_specs(name: str, interval: float | None = None) -> list[DeploymentSpec]:
     """The three deployments of dataset `name`; `interval` (seconds) replaces its cron."""
-    entry = get_dataset(name)
+    entry = get_dataset(name, extra_checks=(schedule_problems,))
     tags = entry.deployment_tags()
     schedule = {"interval": interval} if interval else ({"cron": entry.schedule.cron} if entry.schedule.cron else {})
     params = {"dataset": name}
@@ -41,3 +44,17 @@ def dataset_specs(name: str, interval: float | None = None) -> list[DeploymentSp
         DeploymentSpec(name, "build_dataset_reference", params, tags),
         DeploymentSpec(name, "score_dataset_run", params, tags),
     ]
+
+
+def schedule_problems(entry: DatasetEntry) -> list[str]:
+    """The cron and timezone as Prefect's own CronSchedule parses them (what serving the dataset builds)."""
+    if entry.schedule.cron is None:
+        return []
+    try:
+        CronSchedule(cron=entry.schedule.cron, timezone=entry.schedule.timezone)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = f"schedule.{error['loc'][0]}" if error["loc"] else "schedule"
+        fix = "use an IANA name such as UTC or Europe/Berlin" if field == "schedule.timezone" else "five fields in range, e.g. '0 3 * * *' (daily 03:00)"
+        return [f"{field}: {error['msg'].removeprefix('Value error, ')}: {fix}"]
+    return []

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import os
 import uuid
 
 from prefect import flow, get_run_logger, tags
@@ -51,7 +53,27 @@ def _dataset_task_name() -> str:
     return f"{flow_run.parameters.get('dataset', 'dataset')}-{_this_run()[0][:8]}"
 
 
-@flow(name="synthesize", flow_run_name=_dataset_run_name, retries=1, retry_delay_seconds=30, task_runner=LANE_RUNNER)
+FAILURE_BLOCK_ENV = "MINORITY_FAILURE_BLOCK"  # a Prefect notification block, `<block type slug>/<name>` (e.g. slack-webhook/data-team)
+
+
+def notify_failure(flow, flow_run, state) -> None:
+    """on_failure hook of a dataset run (after its retries): a message through the notification
+    block named by $MINORITY_FAILURE_BLOCK (Slack, Teams, e-mail, any webhook: Prefect's own
+    blocks). A hook never raises: a broken block is a log line, not a second failure."""
+    name = os.environ.get(FAILURE_BLOCK_ENV)
+    if not name:
+        return
+    from prefect.blocks.core import Block
+
+    subject = f"minority-synth: {flow_run.name} failed"
+    body = f"{flow.name} run {flow_run.name} ({flow_run.id}) ended {state.name}: {state.message}. Tags: {', '.join(flow_run.tags)}."
+    try:
+        Block.load(name).notify(body=body, subject=subject)
+    except Exception as exc:  # the run has failed already: say why the notice did not go out
+        logging.getLogger("minority_synth").error("could not notify through block %r: %s", name, exc)
+
+
+@flow(name="synthesize", flow_run_name=_dataset_run_name, retries=1, retry_delay_seconds=30, task_runner=LANE_RUNNER, on_failure=[notify_failure])
 def synthesize_dataset(
     dataset: str,
     num_samples: int | None = None,

@@ -358,7 +358,9 @@ def _load_checked(target: str, datasets_dir: str | None):
     from minority_core.config.datasets import check_dataset, dataset_path, load_dataset_file
 
     path = Path(target) if target.endswith((".yaml", ".yml")) or os.sep in target or Path(target).is_file() else dataset_path(target, datasets_dir)
-    checked = check_dataset(load_dataset_file(path))
+    from deployments.specs import schedule_problems
+
+    checked = check_dataset(load_dataset_file(path), extra_checks=(schedule_problems,))
     for warning in checked.warnings:
         click.echo(f"warning: {checked.entry.name}: {warning}", err=True)
     return checked.entry
@@ -509,8 +511,9 @@ def server(port, host):
 @main.command()
 @click.option("--pool", default="minority-process", show_default=True, help="Prefect work pool (a process pool, created if missing)")
 @click.option("--dataset", "names", multiple=True, help="register only these datasets  [default: every file in the datasets folder]")
+@click.option("--notify-block", default=None, help="Prefect notification block told of failed runs, <type slug>/<name> (e.g. slack-webhook/data-team)")
 @friendly_errors
-def deploy(pool, names):
+def deploy(pool, names, notify_block):
     """Register every dataset's deployments (synthesize/build-reference/score) on a work pool;
     then `prefect worker start --pool POOL` runs them."""
     from minority_core.config.datasets import list_datasets
@@ -521,7 +524,7 @@ def deploy(pool, names):
     prefect_api_url()
     from deployments.register import deploy_all
 
-    result = deploy_all(names, pool)
+    result = deploy_all(names, pool, failure_block=notify_block)
     click.echo(f"work pool {result['pool']} ({'created' if result['pool_created'] else 'exists'}); deployments:")
     for name in result["deployments"]:
         click.echo(f"  {name}")

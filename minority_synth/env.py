@@ -17,6 +17,11 @@ DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # Local Ray on loopback: no token to distribute to workers.
     "RAY_AUTH_MODE": "disabled",
+    # The library's own log lines (a dataset's extractor fallback, scoring progress) reach the
+    # flow run's log in the UI, not only the process's stderr.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "minority_core,minority_synth",
+    # ... and outside a flow run (one-shot commands) they go to stderr only, without a warning each.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 

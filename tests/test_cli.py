@@ -57,3 +57,70 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("Error")]
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "a" / "samples").exists()
+
+
+def no_prefect_env() -> dict:
+    """This environment without a configured Prefect server (as a user's shell has it by default)."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+
+
+def test_version():
+    from importlib.metadata import version
+
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"minority-synth, version {version('minority-synth')}"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["filter", "--run", "{tmp}/none", "--top-q", "1.5"], "top_q must be in (0, 1]"),
+        (["trigger", "digits", "--num-samples", "-5"], "num_samples"),
+        (["score", "--run", "{tmp}/none", "--reference", "{tmp}/ref"], "no run at"),
+        (["report", "--run", "{tmp}/none", "--reference", "{tmp}/ref", "--out", "{tmp}/rep"], "no run at"),
+    ],
+)
+def test_one_shot_commands_check_input_before_any_server(tmp_path, args, message):
+    """Bad input is one line before Prefect is involved: no temporary server is started (none is
+    configured) and `trigger` says what is wrong with its values, not that no server answers."""
+    env = {**no_prefect_env(), "PREFECT_API_URL": "http://127.0.0.1:9/api"} if args[0] == "trigger" else no_prefect_env()
+    proc = subprocess.run(CLI + [a.format(tmp=tmp_path) for a in args], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "temporary server" not in proc.stderr + proc.stdout
+
+
+def test_server_passes_sigterm_on_to_prefect(tmp_path):
+    """`minority-synth server` stopped with SIGTERM (as a process manager stops it) takes Prefect's
+    server with it: nothing is left listening on its port."""
+    import signal
+    import time
+
+    from tests.conftest import free_port, wait_for_port
+
+    port = free_port()
+    env = {**no_prefect_env(), "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen(CLI + ["server", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, timeout=180)
+        proc.send_signal(signal.SIGTERM)  # the CLI only, not its process group
+        assert proc.wait(timeout=60) is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                wait_for_port(port, timeout=0.5)
+            except RuntimeError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"Prefect's server still listens on {port} after the CLI got SIGTERM")
+    finally:
+        import os
+
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -248,16 +248,52 @@ def pool(ops):
     late_images = root / "late-images"  # the reference data arrives after the first attempt failed
     late_images.mkdir()
     dataset_file(base, folder, "late", root, num_samples=32, reference={"source": str(late_images), "extractor": "demo-classifier", "url": str(root / "late-reference")})
+    doomed_images = root / "doomed-images"  # stays empty: every attempt of this dataset fails
+    doomed_images.mkdir()
+    dataset_file(base, folder, "doomed", root, reference={"source": str(doomed_images), "extractor": "demo-classifier", "url": str(root / "doomed-reference")})
     env = {**ops["env"], "MINORITY_DATASETS_DIR": str(folder)}
-    deployed = [subprocess.run([CLI, "deploy", "--pool", "minority-test"], env=env, capture_output=True, text=True, timeout=180) for _ in range(2)]
+    hook = WebhookReceiver()
+    make_block = ("from prefect.blocks.notifications import CustomWebhookNotificationBlock as B; "
+                  f"B(name='ops', url='{hook.url}', json_data={{'text': '{{{{subject}}}}: {{{{body}}}}'}}).save('ops-alerts', overwrite=True)")
+    block = subprocess.run([sys.executable, "-c", make_block], env=env, capture_output=True, text=True, timeout=120)
+    assert block.returncode == 0, block.stderr
+    deploy = [CLI, "deploy", "--pool", "minority-test", "--notify-block", "custom-webhook/ops-alerts"]
+    deployed = [subprocess.run(deploy, env=env, capture_output=True, text=True, timeout=180) for _ in range(2)]
     worker_env = {k: v for k, v in ops["env"].items() if not k.startswith("MINORITY_")}
     worker_env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "minority-test"], env=worker_env, cwd=root,
                               stdout=open(ops["logs"] / "worker.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield {"env": env, "deployed": deployed, "late_images": late_images, "worker": worker, "root": root}
+        yield {"env": env, "deployed": deployed, "late_images": late_images, "worker": worker, "root": root, "hook": hook}
     finally:
         stop(worker)
+        hook.close()
+
+
+class WebhookReceiver:
+    """A real HTTP endpoint on loopback that keeps the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received = self.received = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
 
 
 def flow_run(api: str, run_id: str) -> dict:
@@ -277,7 +313,7 @@ def test_deploy_creates_the_pool_once_and_registers_every_dataset(ops, pool):
     assert first.returncode == 0, first.stdout + first.stderr
     assert "work pool minority-test (created)" in first.stdout and "work pool minority-test (exists)" in again.stdout
     registered = {f"{flow_name(ops['api'], d['flow_id'])}/{d['name']}": d for d in deployments(ops["api"]).values() if d.get("work_pool_name") == "minority-test"}
-    assert set(registered) == {f"{flow}/{name}" for flow in ("synthesize", "build-reference", "score") for name in ("fresh", "late")}
+    assert set(registered) == {f"{flow}/{name}" for flow in ("synthesize", "build-reference", "score") for name in ("fresh", "late", "doomed")}
     assert "dataset:fresh" in registered["synthesize/fresh"]["tags"]
 
 
@@ -331,3 +367,18 @@ def test_a_retried_run_resumes_its_own_folder(ops, pool):
     summary = next(a for a in httpx.post(f"{ops['api']}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}, timeout=10).json()
                    if a["key"] == "late-summary")
     assert "(0 generated, 4 resumed)" in summary["data"]  # the second attempt kept every shard of the first
+
+
+def test_a_run_that_fails_for_good_is_announced_through_a_notification_block(ops, pool):
+    proc = subprocess.run([CLI, "trigger", "doomed"], env=pool["env"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_id, out = run_id_of(proc.stdout), output_of(proc.stdout)
+    deadline = time.monotonic() + 600
+    while (run := flow_run(ops["api"], run_id))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"):
+        assert time.monotonic() < deadline
+        time.sleep(2)
+    assert run["state_type"] == "FAILED" and run["run_count"] == 2  # retried once, then failed
+    while not pool["hook"].received and time.monotonic() < deadline:
+        time.sleep(1)
+    texts = [m["text"] for m in pool["hook"].received]
+    assert len(texts) == 1 and f"{out.name} failed" in texts[0] and "no images" in texts[0], texts  # once, after the retry, with the reason

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,20 +260,23 @@ def dataset_path(name: str, directory: str | Path | None = None) -> Path:
     return path
 
 
-def get_dataset(name: str, directory: str | Path | None = None) -> DatasetEntry:
+def get_dataset(name: str, directory: str | Path | None = None, extra_checks: Sequence[Callable[[DatasetEntry], list[str]]] = ()) -> DatasetEntry:
     """Dataset `name`, schema and run requirements checked (`check_dataset`); what a run uses.
     Each warning (an extractor fallback) is logged."""
-    checked = check_dataset(load_dataset_file(dataset_path(name, directory)))
+    checked = check_dataset(load_dataset_file(dataset_path(name, directory)), extra_checks)
     for warning in checked.warnings:
         log.warning("dataset %s: %s", name, warning)
     return checked.entry
 
 
 def _relative_base(path: Path) -> Path:
-    """The project root for a file inside the project (a checkout, or the installed package: how
-    the shipped files are written), else the file's own folder."""
+    """Where a file's relative paths start: the project root for a file of this checkout; the
+    working directory for a file shipped in an installed wheel (never site-packages, which is
+    no place for runs); else the file's own folder."""
     path = path.resolve()
-    return PROJECT_ROOT if path.is_relative_to(PROJECT_ROOT) else path.parent
+    if not path.is_relative_to(PROJECT_ROOT):
+        return path.parent
+    return PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def _hub_id(target: str) -> bool:
@@ -301,14 +305,16 @@ class CheckedDataset:
     warnings: list[str]
 
 
-def check_dataset(entry: DatasetEntry) -> CheckedDataset:
+def check_dataset(entry: DatasetEntry, extra_checks: Sequence[Callable[[DatasetEntry], list[str]]] = ()) -> CheckedDataset:
     """Everything a run of `entry` needs, checked offline before any work: the model's files and
-    config, the reference source, the prompts file, the cron, the extractor and its weights. All
-    problems are one InputError line (`FILE: field: problem: fix; …`); an unpinned extractor
+    config, the reference source, the prompts file, the extractor and its weights, plus the
+    `extra_checks` of the layers above (the cron, as Prefect parses it: deployments/specs.py).
+    All problems are one InputError line (`FILE: field: problem: fix; …`); an unpinned extractor
     without weights falls back to OFFLINE_EXTRACTOR with a warning."""
     where = entry._file or f"dataset {entry.name}"
     extractor, extractor_problems, warnings = _choose_extractor(entry)
-    problems = [*_model_problems(entry), *_source_problems(entry), *_prompts_problems(entry), *_schedule_problems(entry), *extractor_problems]
+    extra = [problem for check in extra_checks for problem in check(entry)]
+    problems = [*_model_problems(entry), *_source_problems(entry), *_prompts_problems(entry), *extra, *extractor_problems]
     if problems:
         raise InputError(f"{where}: {'; '.join(problems)}")
     checked = entry.model_copy(update={"reference": entry.reference.model_copy(update={"extractor": extractor})})
@@ -432,22 +438,6 @@ def _prompts_problems(entry: DatasetEntry) -> list[str]:
         entry.prompt_fields()
     except UserError as exc:
         return [f"prompts.file: {_first_line(exc)}"]
-    return []
-
-
-def _schedule_problems(entry: DatasetEntry) -> list[str]:
-    """The cron and timezone as Prefect's own CronSchedule parses them (what serving the dataset builds)."""
-    if entry.schedule.cron is None:
-        return []
-    from prefect.client.schemas.schedules import CronSchedule
-
-    try:
-        CronSchedule(cron=entry.schedule.cron, timezone=entry.schedule.timezone)
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        field = f"schedule.{error['loc'][0]}" if error["loc"] else "schedule"
-        fix = "use an IANA name such as UTC or Europe/Berlin" if field == "schedule.timezone" else "five fields in range, e.g. '0 3 * * *' (daily 03:00)"
-        return [f"{field}: {error['msg'].removeprefix('Value error, ')}: {fix}"]
     return []
 
 
