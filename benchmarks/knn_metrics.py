@@ -1,27 +1,29 @@
-"""AvgkNN + LOF + Rarity for Q queries against N reference rows: ours vs sklearn (docs/DESIGN.md §6).
+"""AvgkNN + LOF + Rarity for Q queries against N reference rows: ours vs sklearn and raw FAISS, and vs the sgemm floor.
 
-Ours: `ReferenceSet.build` (index, self-kNN, radii, LOF densities) + `score` with the exact
-index and with "auto" (IVF once exact search gets expensive).  sklearn: the way one would
-write it with sklearn alone: `LocalOutlierFactor(novelty=True).fit(ref)`, then per query
-`score_samples` (LOF), `kneighbors` (AvgkNN) and `radius_neighbors` up to the largest rarity
-radius, filtered (Rarity); the rarity radii come from the LOF fit's own self-kNN, at no extra cost.
+The floor: this machine's float32 GEMM rate (measured here, torch.mm on cache-sized blocks at
+width d+1) applied to the distance work, 2·N·N·d flops for the build (self-kNN) and 2·Q·N·d for
+scoring.  Ours ("exact": every block scanned; "ivf": k-means lists skipped when their bound
+exceeds the query's k-th distance, same exact answers) is printed as a multiple of the floor,
+build and score separately.  Raw FAISS: `IndexFlatL2` self-kNN (k_lof+1) and query kNN, no
+LOF/Rarity logic at all.  sklearn: the way one would write it with sklearn alone:
+`LocalOutlierFactor(novelty=True).fit(ref)`, then per query `score_samples` (LOF), `kneighbors`
+(AvgkNN) and `radius_neighbors` up to the largest rarity radius, filtered (Rarity).
 
 sklearn runs on `--sklearn-queries` queries and the time is scaled linearly to Q; where N is
 above `--sklearn-fit-max` its fit (dominated by the N-row self-kNN) is timed on that many rows
-of the self-kNN and scaled linearly to N.  Every scaled number is marked "extrapolated".
+and scaled linearly to N.  Every scaled number is marked "extrapolated".  `--scale` runs only
+ours (ivf) at N = 1M / Q = 100k by default and prints time and peak RSS per phase.
 
 Memory: peak resident set (VmHWM from /proc/self/status, reset before each phase through
-/proc/self/clear_refs) minus the resident set when the phase starts.  It sees FAISS's and
-BLAS's native allocations, which tracemalloc would not.  The data arrays are allocated before
-and not counted.
+/proc/self/clear_refs) minus the resident set when the phase starts.
 
 Data: isotropic mixture components by default (every direction matters: the hardest case for
-IVF/HNSW); `--intrinsic-dim m` puts each component near an m-dim subspace, closer to real
-network features.  `--no-exact` skips our exact index where it would take hours.
+list bounds); `--intrinsic-dim m` puts each component near an m-dim subspace, closer to real
+network features.
 
-    python benchmarks/knn_metrics.py                       # issue defaults (a long run)
-    python benchmarks/knn_metrics.py --refs 20000 --queries 5000 --dims 64
-    python benchmarks/knn_metrics.py --refs 200000 --queries 20000 --dims 64 --intrinsic-dim 16 --no-exact
+    python benchmarks/knn_metrics.py                                   # 50k x 64 / 10k queries
+    python benchmarks/knn_metrics.py --device cuda                     # the same on a GPU (torch CUDA)
+    python benchmarks/knn_metrics.py --scale --refs 1000000 --queries 100000
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from collections.abc import Callable
 from typing import Any
 
 import _common  # noqa: F401 - first: env defaults before faiss / torch (docs/DESIGN.md §7)
+import faiss
 import numpy as np
+import torch
 from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 
 from minority_core.metrics import ReferenceSet
@@ -42,18 +46,22 @@ from minority_core.metrics import ReferenceSet
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--refs", type=int, nargs="+", default=[200_000, 1_000_000], help="reference set sizes N")
-    p.add_argument("--queries", type=int, default=100_000, help="query count Q")
-    p.add_argument("--dims", type=int, nargs="+", default=[64, 512], help="feature dimensions d")
+    p.add_argument("--refs", type=int, nargs="+", default=[50_000], help="reference set sizes N")
+    p.add_argument("--queries", type=int, default=10_000, help="query count Q")
+    p.add_argument("--dims", type=int, nargs="+", default=[64], help="feature dimensions d")
     p.add_argument("--components", type=int, default=32, help="Gaussian-mixture components")
     p.add_argument("--intrinsic-dim", type=int, default=None,
                    help="each component near a subspace of this dimension (default: isotropic, full d)")
     p.add_argument("--k-avg", type=int, default=5)
     p.add_argument("--k-lof", type=int, default=20)
     p.add_argument("--k-rarity", type=int, default=3)
+    p.add_argument("--kinds", nargs="+", default=["exact", "ivf"], choices=["exact", "ivf"], help="our index kinds to run")
     p.add_argument("--sklearn-queries", type=int, default=2000, help="queries sklearn really runs")
     p.add_argument("--sklearn-fit-max", type=int, default=50_000, help="largest N sklearn's LOF is really fitted on")
-    p.add_argument("--no-exact", action="store_true", help="skip our exact index (hours at 1M rows on 2 cores)")
+    p.add_argument("--no-sklearn", action="store_true", help="skip sklearn")
+    p.add_argument("--no-faiss", action="store_true", help="skip raw FAISS IndexFlatL2")
+    p.add_argument("--scale", action="store_true", help="ours only (the kinds given), time and peak RSS per phase")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where our GEMMs run (cuda: torch CUDA)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
 
@@ -123,18 +131,52 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, seconds, (_status_kib("VmHWM") - before) / 1024
 
 
-# ---------------------------------------------------------------- the two implementations
+# ---------------------------------------------------------------- the floor
+
+
+def sgemm_rate(d: int, device: str) -> float:
+    """float32 GEMM flop/s of torch.mm on (8192 x d+1) @ (d+1 x 512) blocks, the shape our scans
+    use: the best of several repeats (the machine is shared)."""
+    dev = torch.device(device)
+    a = torch.randn(8192, d + 1, device=dev)
+    b = torch.randn(512, d + 1, device=dev)
+    out = torch.empty(8192, 512, device=dev)
+    best = float("inf")
+    for _ in range(7):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(20):
+            torch.mm(a, b.T, out=out)
+        _sync(device)
+        best = min(best, (time.perf_counter() - start) / 20)
+    return 2 * 8192 * 512 * (d + 1) / best
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- the implementations
 
 
 def ours(ref: np.ndarray, q: np.ndarray, kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    def run() -> tuple[ReferenceSet, dict[str, np.ndarray], float]:
-        t0 = time.perf_counter()
-        rs = ReferenceSet.build(ref, k_lof=args.k_lof, k_rarity=args.k_rarity, index=kind)
-        built = time.perf_counter() - t0
-        return rs, rs.score(q, k_avg=args.k_avg), built
+    device = "gpu" if args.device == "cuda" else "cpu"
+    rs, build_s, build_mib = measure(
+        lambda: ReferenceSet.build(ref, k_lof=args.k_lof, k_rarity=args.k_rarity, index=kind, device=device)
+    )
+    scores, score_s, score_mib = measure(lambda: rs.score(q, k_avg=args.k_avg))
+    return {"set": rs, "scores": scores, "build_s": build_s, "score_s": score_s, "mib": max(build_mib, score_mib),
+            "build_mib": build_mib, "score_mib": score_mib}
 
-    (rs, scores, build_s), seconds, mib = measure(run)
-    return {"set": rs, "scores": scores, "seconds": seconds, "build_s": build_s, "mib": mib}
+
+def faiss_flat(ref: np.ndarray, q: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Raw FAISS exact kNN: the self-kNN a build needs and the query kNN scoring needs, nothing else."""
+    index = faiss.IndexFlatL2(ref.shape[1])
+    index.add(ref)
+    _, build_s, _ = measure(lambda: index.search(ref, args.k_lof + 1))
+    _, score_s, _ = measure(lambda: index.search(q, args.k_lof))
+    return {"build_s": build_s, "score_s": score_s}
 
 
 def sklearn_scores(
@@ -193,37 +235,31 @@ def sklearn_run(ref: np.ndarray, q: np.ndarray, exact_radii: np.ndarray, args: a
 # ---------------------------------------------------------------- comparisons
 
 
-def recall_vs_exact(exact: ReferenceSet, approx: ReferenceSet, q: np.ndarray, k: int) -> float:
-    """Share of the approximate index's k neighbours no farther than the exact k-th neighbour."""
-    true_dist, _ = exact.index.search(q, k)
-    found, _ = approx.index.search(q, k)
-    return float(np.mean(found <= true_dist[:, -1:] * (1 + 1e-6)))
-
-
 def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
     both = ~(np.isnan(a) | np.isnan(b))
     return float(np.max(np.abs(a[both] / b[both] - 1))) if both.any() else 0.0
 
 
-def same_answers(ours_scores: dict[str, np.ndarray], sk: dict[str, Any]) -> str:
-    rows = sk["rows"]
-    parts = [f"AvgkNN max rel diff {max_rel_diff(ours_scores['avgknn'][:rows], sk['scores']['avgknn']):.1e}"]
-    if sk["scores"]["lof"] is not None:
-        parts.append(f"LOF {max_rel_diff(ours_scores['lof'][:rows], sk['scores']['lof']):.1e}")
-    rarity, sk_rarity = ours_scores["rarity"][:rows], sk["scores"]["rarity"]
+def same_answers(ours_scores: dict[str, np.ndarray], other: dict[str, np.ndarray], rows: int) -> str:
+    parts = [f"AvgkNN max rel diff {max_rel_diff(ours_scores['avgknn'][:rows], other['avgknn'][:rows]):.1e}"]
+    if other["lof"] is not None:
+        parts.append(f"LOF {max_rel_diff(ours_scores['lof'][:rows], other['lof'][:rows]):.1e}")
+    rarity, other_rarity = ours_scores["rarity"][:rows], other["rarity"][:rows]
     parts.append(
-        f"Rarity {max_rel_diff(rarity, sk_rarity):.1e}, in-support identical "
-        f"{np.array_equal(np.isnan(rarity), np.isnan(sk_rarity))}"
+        f"Rarity {max_rel_diff(rarity, other_rarity):.1e}, in-support identical "
+        f"{np.array_equal(np.isnan(rarity), np.isnan(other_rarity))}"
     )
-    return ", ".join(parts) + f" (on {rows} queries)"
+    return ", ".join(parts) + f" (on {rows:,} queries)"
 
 
 # ---------------------------------------------------------------- main
 
 
-def line(name: str, seconds: float, baseline: float | None, mib: float, note: str) -> None:
-    ratio = f"{baseline / seconds:8.1f}x" if baseline else "        -"
-    print(f"  {name:<14} {seconds:10.2f} {ratio} {mib:12.0f}   {note}")
+def row(name: str, build_s: float, score_s: float, floor: tuple[float, float], sk_total: float | None, note: str) -> None:
+    total = build_s + score_s
+    speedup = f"{sk_total / total:7.1f}x" if sk_total else "       -"
+    print(f"  {name:<13} {build_s:9.2f} {build_s / floor[0]:7.1f}x {score_s:9.2f} {score_s / floor[1]:7.1f}x "
+          f"{total:9.2f} {speedup}   {note}")
 
 
 def bench(n: int, d: int, args: argparse.Namespace) -> None:
@@ -232,55 +268,67 @@ def bench(n: int, d: int, args: argparse.Namespace) -> None:
     ref = sample(model, n, rng)
     q = sample(model, args.queries, rng, outliers=0.02)
     shape = f"intrinsic dim {args.intrinsic_dim}" if model["bases"] is not None else "isotropic"
-    print(f"\n== N={n:,} reference rows, Q={len(q):,} queries, d={d}, "
-          f"{args.components}-component Gaussian mixture ({shape}) ==")
-    exact = None if args.no_exact else ours(ref, q, "exact", args)
-    auto = ours(ref, q, "auto", args)
-    sk = sklearn_run(ref, q, (exact or auto)["set"].radii, args)
-    print(f"  {'method':<14} {'time_s':>10} {'speedup':>9} {'peak_MiB':>12}   notes (speedup = sklearn time / ours)")
-    line("sklearn", sk["seconds"], None, sk["mib"],
-         f"fit {sk['fit_s']:.2f}s ({sk['fit_note']}), queries {sk['query_s']:.2f}s ({sk['query_note']})")
-    if exact:
-        line("ours exact", exact["seconds"], sk["seconds"], exact["mib"], f"build {exact['build_s']:.2f}s")
-    index = auto["set"].index
-    tuned = {"ivf": f"nprobe={index.nprobe}", "hnsw": f"efSearch={index.ef_search}"}.get(index.kind, "")
-    line("ours auto", auto["seconds"], sk["seconds"], auto["mib"],
-         f"build {auto['build_s']:.2f}s, index={index.kind} {tuned} tuned recall@{args.k_lof}={index.measured_recall:.3f}")
-    if exact and index.kind != "exact":
-        e, a = exact["scores"], auto["scores"]
-        print(
-            f"  auto vs exact: recall@{args.k_lof} {recall_vs_exact(exact['set'], auto['set'], q, args.k_lof):.4f}, "
-            f"recall@{args.k_avg} {recall_vs_exact(exact['set'], auto['set'], q, args.k_avg):.4f}, "
-            f"in-support agreement {np.mean(e['in_support'] == a['in_support']):.4f}, "
-            f"LOF median rel diff {np.median(np.abs(a['lof'] / e['lof'] - 1)):.1e}"
-        )
-    elif exact:
-        print("  auto vs exact: auto chose the exact index (recall 1)")
-    elif index.kind != "exact":
-        rows = sk["rows"]
-        found, _ = index.search(q[:rows], args.k_avg)
-        true_kth = sk["scores"]["kth"][:, None]
-        print(f"  auto vs sklearn's exact kNN: recall@{args.k_avg} {np.mean(found <= true_kth * (1 + 1e-6)):.4f} "
-              f"(on {rows:,} queries)")
-    print(f"  answers, ours {'exact' if exact else 'auto'} vs sklearn: {same_answers((exact or auto)['scores'], sk)}")
+    rate = sgemm_rate(d, args.device)
+    floor = (2 * n * n * d / rate, 2 * len(q) * n * d / rate)
+    print(f"\n== N={n:,} reference rows, Q={len(q):,} queries, d={d}, {args.components}-component Gaussian mixture "
+          f"({shape}); sgemm {rate / 1e9:.0f} GFLOP/s on {args.device} -> floor build {floor[0]:.2f}s, score {floor[1]:.2f}s ==")
+    runs = {kind: ours(ref, q, kind, args) for kind in args.kinds}
+    fl = None if args.no_faiss else faiss_flat(ref, q, args)
+    sk = None if args.no_sklearn else sklearn_run(ref, q, next(iter(runs.values()))["set"].radii, args)
+    sk_total = sk["seconds"] if sk else None
+    print(f"  {'method':<13} {'build_s':>9} {'/floor':>8} {'score_s':>9} {'/floor':>8} {'total_s':>9} {'vs_sk':>8}"
+          "   notes (vs_sk = sklearn time / ours)")
+    if sk:
+        row("sklearn", sk["fit_s"], sk["query_s"], floor, None,
+            f"fit {sk['fit_note']}, queries {sk['query_note']}, peak {sk['mib']:.0f} MiB")
+    if fl:
+        row("faiss flat", fl["build_s"], fl["score_s"], floor, sk_total, "IndexFlatL2 self-kNN + query kNN only")
+    for kind, run in runs.items():
+        lists = run["set"].index.engine.n_lists
+        row(f"ours {kind}", run["build_s"], run["score_s"], floor, sk_total,
+            f"{lists} lists, peak {run['build_mib']:.0f} / {run['score_mib']:.0f} MiB (build / score)")
+    base = next(iter(runs.values()))
+    for kind, run in list(runs.items())[1:]:
+        print(f"  ours {kind} vs ours {next(iter(runs))}: {same_answers(run['scores'], base['scores'], len(q))}")
+    if sk:
+        print(f"  ours vs sklearn: {same_answers(base['scores'], sk['scores'], sk['rows'])}")
+    for kind, run in runs.items():
+        acc = run["set"].accuracy
+        print(f"  accuracy stored with the {kind} set: {acc['checked_samples']} samples, max rel error "
+              f"{acc['max_rel_error']}, share within 1 % {acc['share_within_1pct']}")
 
 
-def warm_up() -> None:
-    """Start FAISS's and BLAS's thread pools and buffers once, so no phase pays for them."""
+def scale(n: int, d: int, args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(args.seed)
+    model = mixture_model(d, args.components, args.intrinsic_dim, rng)
+    (ref, q), gen_s, _ = measure(lambda: (sample(model, n, rng), sample(model, args.queries, rng, outliers=0.02)))
+    print(f"\n== scale: N={n:,}, Q={len(q):,}, d={d} (data made in {gen_s:.0f}s) ==")
+    for kind in args.kinds:
+        run = ours(ref, q, kind, args)
+        print(f"  ours {kind}: build {run['build_s']:.1f}s (+{run['build_mib']:.0f} MiB), score {run['score_s']:.1f}s "
+              f"(+{run['score_mib']:.0f} MiB), total {run['build_s'] + run['score_s']:.1f}s, "
+              f"{run['set'].index.engine.n_lists} lists; peak RSS {_status_kib('VmHWM') / 2**20:.2f} GiB")
+        del run
+        gc.collect()
+
+
+def warm_up(device: str) -> None:
+    """Start the thread pools and buffers once, so no phase pays for them."""
     x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
-    ReferenceSet.build(x, index="exact").score(x[:100])
+    ReferenceSet.build(x, index="exact", device="gpu" if device == "cuda" else "cpu").score(x[:100])
     LocalOutlierFactor(novelty=True).fit(x).score_samples(x[:100])
     NearestNeighbors().fit(x).radius_neighbors(x[:100], radius=1.0)
+    faiss.knn(x[:100], x, 5)
 
 
 def main() -> None:
     args = parse_args()
-    warm_up()
+    warm_up(args.device)
     print(f"kNN metrics benchmark: k_avg={args.k_avg} k_lof={args.k_lof} k_rarity={args.k_rarity}, "
-          f"{os.cpu_count()} CPUs; peak_MiB = VmHWM growth during the phase (includes native FAISS/BLAS memory)")
+          f"{os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads; peak = VmHWM growth during the phase")
     for d in args.dims:
         for n in args.refs:
-            bench(n, d, args)
+            (scale if args.scale else bench)(n, d, args)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torch
 from minority_core.errors import InputError
 
 U32 = 2.0**-24  # unit roundoff of float32
-GROUP = 16  # columns per max-reduction of the candidate filter
+GROUP = 32  # columns per max-reduction of the candidate filter
 QUERY_BLOCK = 512  # queries per GEMM block
 REF_BLOCK = 8192  # references per list of the exact kind (a GEMM block: 512 × 8192 × 4 B = 16 MiB)
 LB_ELEMENTS = 2**24  # (query, list) lower bounds held at once: bounds the query chunk of an IVF scan
@@ -167,9 +167,8 @@ class Engine:
         pool = _Pool(len(q), k, width, qs.bound, self.device)
         self_pos = None if self_ids is None else _tensor(self.pos_of[self_ids]).to(self.device)
         if self.centroids is None:
-            everyone = torch.arange(len(q), device=self.device)
             for lst in range(self.n_lists):
-                self._scan(qs, pool, everyone, lst, self_pos)
+                self._scan(qs, pool, slice(0, len(q)), lst, self_pos)
         else:
             self._certified_scan(qs, pool, self_pos)
         over = pool.overflowing()
@@ -205,13 +204,20 @@ class Engine:
             done += take
             step *= 2
 
-    def _scan(self, qs: _Queries, pool: _Pool, rows: torch.Tensor, lst: int, self_pos: torch.Tensor | None) -> None:
-        """Fold list `lst` into the pools of queries `rows`, QUERY_BLOCK queries per GEMM.  The
-        block is (references × queries), so the group maxima reduce over a middle axis (fast)."""
+    def _scan(
+        self, qs: _Queries, pool: _Pool, rows: torch.Tensor | slice, lst: int, self_pos: torch.Tensor | None
+    ) -> None:
+        """Fold list `lst` into the pools of queries `rows` (indices, or a slice when contiguous),
+        QUERY_BLOCK queries per GEMM.  The block is (references × queries), so the group maxima
+        reduce over a middle axis (fast)."""
         a, b = int(self.starts[lst]), int(self.starts[lst + 1])
         refs = self.xaug[a:b]
-        for s in range(0, len(rows), QUERY_BLOCK):
-            part = rows[s : s + QUERY_BLOCK]
+        count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
+        for s in range(0, count, QUERY_BLOCK):
+            if isinstance(rows, slice):
+                part = slice(rows.start + s, rows.start + min(count, s + QUERY_BLOCK))
+            else:
+                part = rows[s : s + QUERY_BLOCK]
             scores = torch.mm(refs, qs.aug[part].T)
             if self_pos is not None:
                 local = self_pos[part] - a
@@ -222,13 +228,16 @@ class Engine:
     def _finish(self, q: np.ndarray, pool: _Pool, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Recompute the pooled candidates above the final line in float64; sort by (distance, id)."""
         keep = (pool.val >= pool.thr[:, None]) & (pool.pos >= 0)
-        r, c = keep.nonzero(as_tuple=True)
-        ids_t = self.order_t[pool.pos[r, c]]
-        dist_t = self._pair_distances(q, r, ids_t)
-        m, w = pool.val.shape
-        dist = torch.full((m, w), torch.inf, dtype=torch.float64, device=self.device)
-        ids = torch.full((m, w), self.n, dtype=torch.int64, device=self.device)  # sorts after real ids
-        dist[r, c], ids[r, c] = dist_t, ids_t
+        width = int(keep.sum(1).max())  # pools are sorted by A, so the kept entries come first
+        pos = pool.pos[:, :width].clamp(min=0)
+        ids = torch.where(keep[:, :width], self.order_t[pos], self.n)  # n: sorts after every real id
+        qt = _tensor(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
+        dist = torch.empty(ids.shape, dtype=torch.float64, device=self.device)
+        block = max(1, PAIR_BLOCK // width)
+        for s in range(0, len(ids), block):
+            diff = self.torch_vectors[ids[s : s + block].clamp(max=self.n - 1)] - qt[s : s + block, None, :]
+            dist[s : s + block] = torch.linalg.vector_norm(diff, dim=2, dtype=torch.float64)
+        dist[ids == self.n] = torch.inf
         by_id = torch.argsort(ids, dim=1)
         dist, ids = dist.gather(1, by_id), ids.gather(1, by_id)
         by_dist = torch.argsort(dist, dim=1, stable=True)
@@ -336,35 +345,35 @@ class _Pool:
         self.full = torch.zeros(m, dtype=torch.bool, device=device)
         self.margin = _tensor((2.0 * bound * 1.01).astype(np.float32)).to(device)
 
-    def fold(self, rows: torch.Tensor, scores: torch.Tensor, offset: int) -> None:
-        """Merge a block of A (block × rows, transposed) whose first reference is position `offset`."""
+    def fold(self, rows: torch.Tensor | slice, scores: torch.Tensor, offset: int) -> None:
+        """Merge a block of A (block × rows, transposed) whose first reference is position `offset`.
+        `rows`: the block's queries, a slice where they are contiguous (no gather/scatter then)."""
         groups = scores.view(scores.shape[0] // GROUP, GROUP, scores.shape[1])
         peaks = groups.amax(1)  # (groups × rows)
         full = self.full[rows]
-        fresh = (~full).nonzero().squeeze(1)
-        if len(fresh):  # the width+1 best groups hold the width+1 best entries (and bound the rest)
-            top = peaks[:, fresh].topk(min(self.width + 1, peaks.shape[0]), dim=0).indices  # (t × f)
-            vals = groups[top, :, fresh[None, :]]  # (t × f × GROUP)
-            where = top[:, :, None] * GROUP + torch.arange(GROUP, device=scores.device)
-            f = len(fresh)
-            self._merge(rows[fresh], vals.permute(1, 0, 2).reshape(f, -1), where.permute(1, 0, 2).reshape(f, -1) + offset)
-        line = torch.where(full, self.thr[rows], torch.inf)
+        line = self.thr[rows].clone()
+        if not bool(full.all()):
+            fresh = (~full).nonzero().squeeze(1)
+            if peaks.shape[0] >= self.k:  # k groups peak at or above the k-th largest peak: so does the k-th entry
+                kth_peak = peaks[:, fresh].topk(self.k, dim=0, sorted=True).values[-1]
+                line[fresh] = kth_peak - self.margin[rows][fresh]
+            else:  # fewer than k groups: every entry of this small block is a candidate
+                line[fresh] = -torch.inf
         found = _candidates(groups, peaks, line)
         if found is None:
             return
         r, c, val = found
-        order = torch.argsort(r, stable=True)
-        r, c, val = r[order], c[order], val[order]
-        counts = torch.bincount(r, minlength=len(rows))
+        by_query = torch.argsort(r, stable=True)
+        r, c, val = r[by_query], c[by_query], val[by_query]
+        counts = torch.bincount(r, minlength=len(line))
         slot = torch.arange(len(r), device=r.device) - (torch.cumsum(counts, 0) - counts)[r]
         width = int(counts.max())
-        dense = torch.full((len(rows), width), -torch.inf, device=scores.device)
-        where = torch.full((len(rows), width), -1, dtype=torch.int64, device=scores.device)
+        dense = torch.full((len(line), width), -torch.inf, device=scores.device)
+        where = torch.full((len(line), width), -1, dtype=torch.int64, device=scores.device)
         dense[r, slot], where[r, slot] = val, c + offset
-        hit = (counts > 0).nonzero().squeeze(1)
-        self._merge(rows[hit], dense[hit], where[hit])
+        self._merge(rows, dense, where)
 
-    def _merge(self, rows: torch.Tensor, val: torch.Tensor, pos: torch.Tensor) -> None:
+    def _merge(self, rows: torch.Tensor | slice, val: torch.Tensor, pos: torch.Tensor) -> None:
         val = torch.cat([self.val[rows], val], 1)
         pos = torch.cat([self.pos[rows], pos], 1)
         top, arg = val.topk(min(self.width + 1, val.shape[1]), dim=1)
