@@ -47,9 +47,11 @@ def register(spec: DeploymentSpec, pool: str, env: dict[str, str]) -> str:
     return f"{flow.name}/{spec.name}"
 
 
-def deploy_all(names: list[str], pool: str = DEFAULT_POOL, datasets_dir: Path | None = None, failure_block: str | None = None) -> dict:
+def deploy_all(names: list[str], pool: str = DEFAULT_POOL, datasets_dir: Path | None = None, failure_block: str | None = None,
+               storage_block: str | None = None) -> dict:
     """Create the pool if needed and register every named dataset's deployments on it;
-    `failure_block` (a notification block, `<type slug>/<name>`) is told of runs that fail."""
+    `failure_block` (a notification block, `<type slug>/<name>`) is told of runs that fail;
+    `storage_block` (prefect-aws credentials) gives the runs their storage keys."""
     from flows.dataset_runs import FAILURE_BLOCK_ENV
     from minority_core.config.datasets import DATASETS_DIR
 
@@ -59,6 +61,11 @@ def deploy_all(names: list[str], pool: str = DEFAULT_POOL, datasets_dir: Path | 
     if failure_block:
         check_block(failure_block)
         env[FAILURE_BLOCK_ENV] = failure_block
+    if storage_block:
+        from tasks.storage_blocks import STORAGE_BLOCK_ENV, options_from_block
+
+        options_from_block(storage_block)  # it exists and holds AWS credentials
+        env[STORAGE_BLOCK_ENV] = storage_block  # the name travels, never the keys
     created = ensure_pool(pool)
     return {"pool": pool, "pool_created": created, "deployments": [register(spec, pool, env) for spec in specs]}
 

@@ -27,6 +27,7 @@ from prefect.runtime import flow_run
 from flows.scoring import build_reference, report_runs, score
 from flows.synthesize import LANE_RUNNER, run_synthesis
 from minority_core.config.datasets import get_dataset
+from tasks.storage_blocks import use_storage_block
 
 
 def dataset_run_name(dataset: str, flow_run_id: str, expected_start: dt.datetime) -> str:
@@ -86,6 +87,8 @@ def synthesize_dataset(
 ) -> dict:
     """Synthesize, score and report one run of a dataset; retried once if it fails (it resumes)."""
     logger = get_run_logger()
+    if (block := use_storage_block()) is not None:
+        logger.info("storage credentials from Prefect block %s", block)
     entry = get_dataset(dataset)
     run_id, expected_start = _this_run()
     name = dataset_run_name(dataset, run_id, expected_start)

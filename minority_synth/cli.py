@@ -95,8 +95,18 @@ def config_from_cli(options: dict, prompts_file: str | None = None, storage_opti
     given["prompts"] = read_prompts(given.get("prompts"), prompts_file)
     given["out"] = normalise_out(given["out"])
     plain, secret = parse_storage_options(storage_option)
+    _storage_block()
     export_secret_options(secret)
     return SynthesisConfig.from_options(**given, storage_options=plain or None)
+
+
+def _storage_block() -> None:
+    """Credentials from the Prefect block named by $MINORITY_STORAGE_BLOCK (aws-credentials/NAME or s3-bucket/NAME), if set."""
+    from tasks.storage_blocks import STORAGE_BLOCK_ENV, use_storage_block
+
+    if os.environ.get(STORAGE_BLOCK_ENV):
+        prefect_api_url()  # the block lives on the server: say so in one line if none answers
+        use_storage_block()
 
 
 def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str] | None:
@@ -331,6 +341,7 @@ def _storage(pairs: tuple[str, ...]) -> dict:
     from minority_core.config.storage import export_secret_options
 
     plain, secret = parse_storage_options(pairs)
+    _storage_block()
     export_secret_options(secret)
     return plain
 
@@ -512,8 +523,9 @@ def server(port, host):
 @click.option("--pool", default="minority-process", show_default=True, help="Prefect work pool (a process pool, created if missing)")
 @click.option("--dataset", "names", multiple=True, help="register only these datasets  [default: every file in the datasets folder]")
 @click.option("--notify-block", default=None, help="Prefect notification block told of failed runs, <type slug>/<name> (e.g. slack-webhook/data-team)")
+@click.option("--storage-block", default=None, help="prefect-aws block with the storage credentials of the runs: aws-credentials/NAME or s3-bucket/NAME")
 @friendly_errors
-def deploy(pool, names, notify_block):
+def deploy(pool, names, notify_block, storage_block):
     """Register every dataset's deployments (synthesize/build-reference/score) on a work pool;
     then `prefect worker start --pool POOL` runs them."""
     from minority_core.config.datasets import list_datasets
@@ -524,7 +536,7 @@ def deploy(pool, names, notify_block):
     prefect_api_url()
     from deployments.register import deploy_all
 
-    result = deploy_all(names, pool, failure_block=notify_block)
+    result = deploy_all(names, pool, failure_block=notify_block, storage_block=storage_block)
     click.echo(f"work pool {result['pool']} ({'created' if result['pool_created'] else 'exists'}); deployments:")
     for name in result["deployments"]:
         click.echo(f"  {name}")

@@ -58,6 +58,11 @@ def parse_storage_options(pairs: tuple[str, ...] | list[str]) -> tuple[dict, dic
 
 
 def export_secret_options(secret: dict) -> None:
-    """Credentials for this process (and what it starts) only, through the environment."""
+    """Credentials for this process (and what it starts) only, through the environment; added
+    to those already there (a block's keys, then `--storage-option secret=...` on top)."""
     if secret:
-        os.environ[STORAGE_OPTIONS_ENV] = json.dumps(secret)
+        current = json.loads(os.environ.get(STORAGE_OPTIONS_ENV, "{}") or "{}")
+        merged = {**current, **secret}
+        if "client_kwargs" in current and "client_kwargs" in secret:
+            merged["client_kwargs"] = {**current["client_kwargs"], **secret["client_kwargs"]}
+        os.environ[STORAGE_OPTIONS_ENV] = json.dumps(merged)
