@@ -80,8 +80,25 @@ def _knob_kwargs(knob, defaults: dict) -> dict:
         if knob.default not in (None, "") and not preset_decides:
             kwargs["help"] += f"  [default: {knob.default}]"
         elif preset_decides and knob.flat != "class_labels":
-            kwargs["help"] += "  [default: the model's preset]"
+            kwargs["help"] += f"  [default: the model's preset: {_preset_defaults(knob)}]"
     return kwargs
+
+
+def _preset_defaults(knob) -> str:
+    """A sampler knob's value in each preset (`bundled:digits 3.0, latent: 0.4, others 0.4`), so
+    --help shows what a run really gets, not a generic default the preset overrides."""
+    from minority_core.config.presets import DIGITS, GENERIC, LATENT
+
+    def value(preset):
+        node = preset.sampler
+        for part in knob.path[1:]:
+            node = getattr(node, part, None) if node is not None else None
+        return "—" if node is None else node.value if hasattr(node, "value") else node
+
+    shown = [(name, value(p)) for name, p in (("bundled:digits", DIGITS), ("latent:", LATENT), ("generic", GENERIC))]
+    if len({v for _, v in shown}) == 1:
+        return f"{shown[0][1]}; adm: the paper's"
+    return ", ".join(f"{name} {v}" for name, v in shown) + "; adm: the paper's"
 
 
 def config_from_cli(options: dict, prompts_file: str | None = None, storage_option: tuple[str, ...] = ()):

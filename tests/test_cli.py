@@ -124,3 +124,16 @@ def test_server_passes_sigterm_on_to_prefect(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_help_shows_the_presets_real_defaults():
+    """--help tells what a run gets: each sampler knob's value in the presets, not a generic default."""
+    from minority_core.config.presets import DIGITS, LATENT
+
+    text = " ".join(run_cli("synthesize", "--help").stdout.split())
+    assert f"bundled:digits {DIGITS.sampler.guidance.every}, latent: {LATENT.sampler.guidance.every}" in text
+    assert f"bundled:digits {DIGITS.sampler.guidance.perturb_ratio}," in text and f"bundled:digits {DIGITS.sampler.steps}," in text
+    trigger = " ".join(run_cli("trigger", "--help").stdout.split())
+    for option in ("--num-samples", "--shard-size", "--guidance-scale", "--steps", "--seed", "--workers", "--out", "--watch", "--timeout"):
+        after = trigger.split(option, 1)[1].split(" --", 1)[0]
+        assert len(after.split()) > 2, f"{option} has no help"
