@@ -214,7 +214,9 @@ def test_ui_and_report_in_a_real_browser(ops, triggered, browser, tmp_path):
     browser.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "prefect-flow-run.png").stat().st_size > 10_000
     # the report is readable from the UI itself: its markdown artifact carries the table and the images inline
-    browser.get(f"{ui}/artifacts/key/digits-report")
+    latest = httpx.post(f"{ops['api']}/artifacts/filter", json={"artifacts": {"key": {"any_": ["digits-report"]}}, "sort": "CREATED_DESC", "limit": 1},
+                        timeout=10).json()[0]
+    browser.get(f"{ui}/artifacts/artifact/{latest['id']}")
     body = wait_for_text(browser, "AvgkNN", timeout=90)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
