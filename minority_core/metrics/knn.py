@@ -6,7 +6,7 @@ float32 GEMM on mean-centred data with a rigorous rounding bound per query, floa
 of only the candidates the bound cannot settle.  Two kinds:
 
 * "exact": every reference block is scanned (the brute-force floor: one sgemm of N·Q·d).
-* "ivf": references in k-means lists of ~IVF_LIST_SIZE rows; a query scans lists nearest first
+* "ivf": references in k-means lists of ~IVF_LIST_SIZE (2048) rows; a query scans lists nearest first
   until every unscanned list's lower bound ‖q − c‖ − ρ exceeds its k-th distance.  The answers
   are the exact ones (certified per query, not tuned on mean recall); only the work shrinks, by
   how well the data clusters.  A query far from all data simply scans more lists.
@@ -33,7 +33,7 @@ DEVICES = ("auto", "cpu", "gpu")
 # under this many multiply-adds: ~10 s of sgemm on the 2-core machine; beyond it the IVF bounds pay
 # for k-means and list bookkeeping (docs/DESIGN.md §7).
 EXACT_WORK_BUDGET = 1e12
-IVF_LIST_SIZE = 1024  # rows per k-means list: big enough for efficient GEMM blocks
+IVF_LIST_SIZE = 2048  # rows per k-means list: big enough for efficient GEMM blocks, small enough to prune
 IVF_TRAIN_PER_LIST = 40  # k-means training rows per list; FAISS warns below 39
 IVF_ITERATIONS = 10
 
