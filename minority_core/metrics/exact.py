@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -95,13 +97,13 @@ class Engine:
         xc = np.zeros((len(self.order), self.dim), dtype=np.float32)
         real = self.order >= 0
         xc[real] = vectors[self.order[real]] - self.mean
-        self.xn = np.einsum("ij,ij->i", xc.astype(np.float64), xc.astype(np.float64))
+        self.xn = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)  # buffered: no float64 copy of xc
         self.xmax = float(np.sqrt(self.xn.max()))
         self.xaug, self.cmax = self._operand(xc, -self.xn, real)
-        self.xc = xc
         self.lists = lists
         self.centroids = centroids
         self.list_radius = None if centroids is None else _list_radii(xc, self.starts, sizes, centroids)
+        del xc
         self.torch_vectors = _tensor(vectors).to(device)
         self.order_t = _tensor(self.order).to(device)
         self._balls: dict[tuple[int, bool], tuple] = {}
@@ -157,9 +159,10 @@ class Engine:
         chunk = QUERY_CHUNK if self.centroids is None else max(1, min(QUERY_CHUNK, LB_ELEMENTS // self.n_lists))
         dist = np.empty((len(queries), k))
         ids = np.empty((len(queries), k), dtype=np.int64)
-        for s in range(0, len(queries), chunk):
-            own = None if self_ids is None else self_ids[s : s + chunk]
-            dist[s : s + chunk], ids[s : s + chunk] = self._knn_chunk(queries[s : s + chunk], k, own, k + POOL_EXTRA)
+        with _gemm_only_threads():
+            for s in range(0, len(queries), chunk):
+                own = None if self_ids is None else self_ids[s : s + chunk]
+                dist[s : s + chunk], ids[s : s + chunk] = self._knn_chunk(queries[s : s + chunk], k, own, k + POOL_EXTRA)
         return dist, ids
 
     def _knn_chunk(self, q: np.ndarray, k: int, self_ids: np.ndarray | None, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +221,7 @@ class Engine:
                 part = slice(rows.start + s, rows.start + min(count, s + QUERY_BLOCK))
             else:
                 part = rows[s : s + QUERY_BLOCK]
-            scores = torch.mm(refs, qs.aug[part].T)
+            scores = _mm(refs, qs.aug[part].T)
             if self_pos is not None:
                 local = self_pos[part] - a
                 mine = ((local >= 0) & (local < b - a)).nonzero().squeeze(1)
@@ -261,7 +264,9 @@ class Engine:
         if key not in self._balls:
             real = self.order >= 0
             r_pos = np.where(real, radii[np.maximum(self.order, 0)], -np.inf).astype(np.float64)
-            aug, cmax = self._operand(self.xc, np.where(real, r_pos**2, 0) - self.xn, real)
+            xc = (self.xaug[:, :-1] * 0.5).cpu().numpy()  # exact: the operand holds 2x
+            aug, cmax = self._operand(xc, np.where(real, r_pos**2, 0) - self.xn, real)
+            del xc
             span = [r_pos[a:b][real[a:b]] for a, b in zip(self.starts[:-1], self.starts[1:])]
             rmin = np.array([s.min(initial=np.inf) for s in span])
             rmax = np.array([s.max(initial=-np.inf) for s in span])
@@ -296,33 +301,35 @@ class Engine:
                 yield from self._ball_list(qs, queries, aug, r_pos, rows, int(lst), inclusive, lo, hi)
 
     def _ball_list(self, qs, queries, aug, r_pos, rows, lst, inclusive, lo, hi):
-        a, b = int(self.starts[lst]), int(self.starts[lst + 1])
-        refs = aug[a:b]
-        r_pos_t = _tensor(r_pos).to(self.device)
+        """Yield the inside pairs of list `lst` for queries `rows`, QUERY_BLOCK queries per GEMM."""
         for s in range(0, len(rows), QUERY_BLOCK):
-            part = rows[s : s + QUERY_BLOCK]
-            part_t = _tensor(part).to(self.device)
-            scores = torch.mm(refs, qs.aug[part_t].T)  # ‖q‖² − A < r²  <=>  A > ‖q‖² (within ±F)
-            groups = scores.view(scores.shape[0] // GROUP, GROUP, scores.shape[1])
-            qn = _tensor(qs.qn[part]).to(self.device)
-            bound = _tensor(qs.bound[part]).to(self.device)
-            found = _candidates(groups, groups.amax(1), (qn - bound * 1.01).float())
-            if found is None:
-                continue
-            r, c, val = found
-            pos = c + a
-            rad = r_pos_t[pos]
-            lo_t, hi_t = _tensor(lo[part]).to(self.device), _tensor(hi[part]).to(self.device)
-            useful = (rad > lo_t[r]) & (rad < hi_t[r])
-            r, pos, val, rad = r[useful], pos[useful], val[useful], rad[useful]
-            sure = val.double() > qn[r] + bound[r] * 1.01
-            unsure = (~sure).nonzero().squeeze(1)
-            ids = self.order_t[pos]
-            if len(unsure):
-                d = self._pair_distances(queries[part], r[unsure], ids[unsure])
-                inside = d <= rad[unsure] if inclusive else d < rad[unsure]
-                sure[unsure] = inside
-            yield part[r[sure].cpu().numpy()], ids[sure].cpu().numpy()
+            with _gemm_only_threads():
+                found = self._ball_block(qs, queries, aug, r_pos, rows[s : s + QUERY_BLOCK], lst, inclusive, lo, hi)
+            if found is not None:
+                yield found
+
+    def _ball_block(self, qs, queries, aug, r_pos, part, lst, inclusive, lo, hi) -> tuple[np.ndarray, np.ndarray] | None:
+        a, b = int(self.starts[lst]), int(self.starts[lst + 1])
+        scores = _mm(aug[a:b], qs.aug[_tensor(part).to(self.device)].T)  # ‖q‖² − A < r²  <=>  A > ‖q‖² (within ±F)
+        groups = scores.view(scores.shape[0] // GROUP, GROUP, scores.shape[1])
+        qn = _tensor(qs.qn[part]).to(self.device)
+        bound = _tensor(qs.bound[part]).to(self.device)
+        found = _candidates(groups, groups.amax(1), (qn - bound * 1.01).float())
+        if found is None:
+            return None
+        r, c, val = found
+        pos = c + a
+        rad = _tensor(r_pos).to(self.device)[pos]
+        lo_t, hi_t = _tensor(lo[part]).to(self.device), _tensor(hi[part]).to(self.device)
+        useful = (rad > lo_t[r]) & (rad < hi_t[r])
+        r, pos, val, rad = r[useful], pos[useful], val[useful], rad[useful]
+        sure = val.double() > qn[r] + bound[r] * 1.01
+        unsure = (~sure).nonzero().squeeze(1)
+        ids = self.order_t[pos]
+        if len(unsure):
+            d = self._pair_distances(queries[part], r[unsure], ids[unsure])
+            sure[unsure] = d <= rad[unsure] if inclusive else d < rad[unsure]
+        return part[r[sure].cpu().numpy()], ids[sure].cpu().numpy()
 
 
 class _Queries:
@@ -409,6 +416,35 @@ def _candidates(
     sub = groups[g, :, q]  # (hits × GROUP)
     hg, hj = (sub >= line[q, None]).nonzero(as_tuple=True)
     return q[hg], g[hg] * GROUP + hj, sub[hg, hj]
+
+
+_GEMM_THREADS: list[int] = []  # torch's thread count while inside `_gemm_only_threads`
+
+
+@contextmanager
+def _gemm_only_threads() -> Iterator[None]:
+    """Run the many small filter/pool ops on one thread and only the GEMMs on all of torch's:
+    on a shared 2-core machine each small multi-threaded op waits for a descheduled thread
+    (measured: a 30k self-kNN 4.3 s on 1 thread, 36 s on 2 while another process ran)."""
+    threads = torch.get_num_threads()
+    _GEMM_THREADS.append(threads)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        _GEMM_THREADS.pop()
+        torch.set_num_threads(threads)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b on all of torch's threads (restored to one afterwards inside `_gemm_only_threads`)."""
+    if not _GEMM_THREADS or a.device.type != "cpu":
+        return torch.mm(a, b)
+    torch.set_num_threads(_GEMM_THREADS[-1])
+    try:
+        return torch.mm(a, b)
+    finally:
+        torch.set_num_threads(1)
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
