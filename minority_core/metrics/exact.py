@@ -140,8 +140,9 @@ class Engine:
         aug[:, :-1] = qc
         return _Queries(qc, qn, bound, _tensor(aug).to(self.device), self.device)
 
-    def _lower_bounds(self, qc: np.ndarray) -> np.ndarray:
-        """Lower bound of the distance from each query to any member of each list (float64)."""
+    def _lower_bounds(self, qc: np.ndarray, with_centre_distance: bool = False):
+        """Lower bound of the distance from each query to any member of each list (float64), and
+        with `with_centre_distance` the distances to the centroids too."""
         c = self.centroids
         qc64 = qc.astype(np.float64)
         qn = np.einsum("ij,ij->i", qc64, qc64)
@@ -149,7 +150,9 @@ class Engine:
         sq = qn[:, None] + cn[None, :] - 2 * (qc64 @ c.T)
         sq -= 1e-12 * (qn[:, None] + cn[None, :])  # float64 rounding of the expansion, generously
         delta = 1.01 * U32 * (np.sqrt(qn) + self.xmax)  # centring error between stored and original
-        return np.sqrt(np.maximum(sq, 0)) - self.list_radius[None, :] - delta[:, None]
+        centre = np.sqrt(np.maximum(sq, 0))
+        lb = centre - self.list_radius[None, :] - delta[:, None]
+        return (lb, centre) if with_centre_distance else lb
 
     # ------------------------------------------------------------ k-NN
 
@@ -183,28 +186,33 @@ class Engine:
         return dist, ids
 
     def _certified_scan(self, qs: _Queries, pool: _Pool, self_pos: torch.Tensor | None) -> None:
-        """Scan lists nearest first, in rounds of doubling width, until every list left has a lower
-        bound above the query's k-th distance (an upper bound from its pool)."""
-        lb = self._lower_bounds(qs.qc)
-        order = np.argsort(lb, axis=1, kind="stable").astype(np.int32)
+        """Scan lists in order of centroid distance (good neighbours early, so the k-th distance
+        tightens fast), in rounds of doubling width, skipping lists whose lower bound exceeds the
+        query's k-th distance (an upper bound from its pool, which only shrinks, so a skipped
+        list never needs a scan later); done when no list left has a bound at or below it."""
+        lb, centre = self._lower_bounds(qs.qc, with_centre_distance=True)
+        order = np.argsort(centre, axis=1, kind="stable").astype(np.int32)
         lb_sorted = np.take_along_axis(lb, order, axis=1)
-        done = np.zeros(len(lb), dtype=np.int64)
+        start = np.zeros(len(lb), dtype=np.int64)
+        positions = np.arange(lb.shape[1])
         step = NPROBE_START
         while True:
             rho = pool.kth_upper(qs.qn)
-            end = (lb_sorted <= rho[:, None]).sum(axis=1)
-            take = np.clip(np.minimum(end, done + step) - done, 0, None)
-            if not take.any():
+            wanted = (lb_sorted <= rho[:, None]) & (positions[None, :] >= start[:, None])
+            rank = np.cumsum(wanted, axis=1, dtype=np.int32)
+            take = wanted & (rank <= step)
+            rows, cols = np.nonzero(take)
+            if not len(rows):
                 return
-            rows = np.repeat(np.arange(len(lb)), take)
-            offset = np.arange(len(rows)) - np.repeat(np.cumsum(take) - take, take)
-            lists = order[rows, done[rows] + offset]
+            last = np.full(len(lb), -1)
+            np.maximum.at(last, rows, cols)
+            start = np.where(last >= 0, last + 1, lb.shape[1])  # nothing wanted left: done with that query
+            lists = order[rows, cols]
             by_list = np.argsort(lists, kind="stable")
             rows, lists = rows[by_list], lists[by_list]
             bounds = np.flatnonzero(np.diff(lists)) + 1
             for part_rows, lst in zip(np.split(rows, bounds), lists[np.concatenate([[0], bounds])]):
                 self._scan(qs, pool, _tensor(part_rows).to(self.device), int(lst), self_pos)
-            done += take
             step *= 2
 
     def _scan(
@@ -361,9 +369,11 @@ class _Pool:
         line = self.thr[rows].clone()
         if not bool(full.all()):
             fresh = (~full).nonzero().squeeze(1)
-            if peaks.shape[0] >= self.k:  # k groups peak at or above the k-th largest peak: so does the k-th entry
-                kth_peak = peaks[:, fresh].topk(self.k, dim=0, sorted=True).values[-1]
-                line[fresh] = kth_peak - self.margin[rows][fresh]
+            if peaks.shape[0] >= self.k:  # the k largest entries lie in the k groups of largest peaks
+                best = peaks[:, fresh].topk(self.k, dim=0, sorted=False).indices  # (k × fresh)
+                vals = groups[best, :, fresh[None, :]].permute(1, 0, 2).reshape(len(fresh), -1)
+                kth = vals.topk(self.k, dim=1, sorted=True).values[:, -1]
+                line[fresh] = kth - self.margin[rows][fresh]
             else:  # fewer than k groups: every entry of this small block is a candidate
                 line[fresh] = -torch.inf
         found = _candidates(groups, peaks, line)
