@@ -20,8 +20,9 @@ from prefect.utilities.annotations import quote
 
 from flows.runtime import artifact, in_flow_run, run_logger, run_task
 from minority_core.config import resolve_storage_options
-from minority_core.errors import InputError, MissingFileError
+from minority_core.errors import InputError, LeaseHeldError, MissingFileError
 from minority_core.io import ShardStore
+from minority_core.io.lease import Lease, wait_released
 from minority_core.runs.reference import load_reference_features, reference_accuracy, reference_exists, reference_url
 from minority_core.runs.results import CONFIDENT
 from minority_core.runs.scoring import open_run, unscored
@@ -30,6 +31,7 @@ from tasks.score_pool import ScorePool
 from tasks.scoring import arm_result, build_reference_set, score_shards
 
 DEFAULT_SCORE_WORKERS = 2  # like synthesize's default; the scoring at the end of a run uses it too
+REFERENCE_WAIT_S = 3600.0  # how long a run waits for a reference set another run is building
 
 
 def _named(step: str, parameter: str):
@@ -57,7 +59,14 @@ def ensure_reference(reference: str, extractor: str, source: str | None, storage
         return
     if source is None:
         raise InputError(f"no reference set at {reference_url(reference, extractor)}: run `minority-synth build-reference` or give reference_source")
-    make_reference(source, reference, extractor=extractor, device=device, storage_options=storage_options)
+    try:
+        make_reference(source, reference, extractor=extractor, device=device, storage_options=storage_options)
+    except LeaseHeldError:  # another run is building this very reference: use it once it is done
+        url = reference_url(reference, extractor)
+        run_logger().info("waiting for the reference set at %s, which another run is building", url)
+        wait_released(ShardStore(url, resolve_storage_options(storage_options)), REFERENCE_WAIT_S)
+        if not reference_exists(reference, extractor, resolve_storage_options(storage_options)):
+            raise
 
 
 def score_run(run: str, reference: str, k_avg: int = 5, storage_options: dict | None = None, workers: int | None = None,
@@ -74,11 +83,13 @@ def score_run(run: str, reference: str, k_avg: int = 5, storage_options: dict | 
     todo, done = unscored(store, manifest)
     if todo:
         worker = dict(run=store.url, reference_index=f"{reference_url(reference, extractor)}/index", extractor=extractor, k_avg=k_avg, storage_options=options)
-        pool = ScorePool(worker, workers, ray_address)
-        try:
-            run_task(score_shards, pool, quote(store), quote(manifest), quote(todo)) if in_flow_run() else score_shards.fn(pool, store, manifest, todo)
-        finally:
-            pool.shutdown()
+        with Lease.acquire(store, "score") as lease:  # a second scorer of this run fails at once; synthesize's own scoring shares its lease
+            store.lease = lease
+            pool = ScorePool(worker, workers, ray_address)
+            try:
+                run_task(score_shards, pool, quote(store), quote(manifest), quote(todo)) if in_flow_run() else score_shards.fn(pool, store, manifest, todo)
+            finally:
+                pool.shutdown()
     run_logger().info("scored %d shards (%d already scored) with %s on %s", len(todo), done, extractor,
                           f"{workers} Ray actor(s)" if workers else "this process")
     return {"run": run, "scored_shards": len(todo), "skipped_shards": done, "extractor": extractor}

@@ -21,6 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from minority_core.config import SynthesisConfig
+from minority_core.io.lease import Lease
 from tasks.ray_address import check_ray_address
 from tasks.ray_pool import ActorPool, ClusterLostError, InProcessPool
 from tasks.synthesis import LaneTotals, ManifestCommitter, Progress, ShardQueue, features_kind, generate_lane, open_store, plan_shards
@@ -86,14 +87,20 @@ def run_synthesis(config: SynthesisConfig, progress: bool = False, progress_arti
 
     `progress_artifact`: a progress artifact to update instead of a new one; `artifact_prefix`:
     the artifacts' keys start with it (a dataset's name, so datasets do not overwrite each
-    other's cards)."""
+    other's cards). The run holds OUT's write lease throughout: a second writer fails at once."""
+    if config.execution.workers:
+        check_ray_address(config.execution.ray_address or os.environ.get("RAY_ADDRESS"))  # in seconds, before anything is written
+    store = open_store(config)
+    with Lease.acquire(store, "synthesize") as lease:  # before the plan, which tidies the folder
+        store.lease = lease
+        return _synthesize_holding_lease(config, store, progress, progress_artifact, artifact_prefix)
+
+
+def _synthesize_holding_lease(config: SynthesisConfig, store, progress: bool, progress_artifact: UUID | None, artifact_prefix: str | None) -> dict:
     logger = get_run_logger()
     start = time.monotonic()
     o = config.output
-    if config.execution.workers:
-        check_ray_address(config.execution.ray_address or os.environ.get("RAY_ADDRESS"))  # in seconds, before anything is written
     plan = plan_shards(config)
-    store = open_store(config)
     prefix = artifact_prefix or "synthesis"
     if progress_artifact is None:
         progress_id = create_progress_artifact(100.0 * plan.done / plan.total, key=f"{prefix}-progress-{o.arm}", description=f"shards committed of {plan.total}")

@@ -37,3 +37,11 @@ def one_line(err: BaseException) -> str:
     """`Type: message` squeezed to one line: these end up in CLI output and logs."""
     text = " ".join(str(err).split()) or "(no message)"
     return f"{type(err).__name__}: {text}"
+
+
+class LeaseHeldError(UserError, RuntimeError):
+    """Another writer holds the output's lease: one writer per output."""
+
+
+class LeaseLostError(StorageError):
+    """This writer lost the output's lease (taken over, or not renewed in time): it must not commit."""

@@ -154,7 +154,7 @@ def test_report_decodes_only_the_images_it_shows(tmp_path, reference, monkeypatc
     store = ShardStore(run)
     every = np.concatenate([np.stack([decode(c["bytes"]) for c in store.read_shard(r).column("image").to_pylist()])
                             for r in store.read_manifest().records("samples")])
-    full = ArmResult(arm.name, arm.scores, arm.summary, every, arm.sample_ids, prompts=arm.prompts)
+    full = ArmResult(arm.name, arm.scores, arm.summary, every, arm.sample_ids, prompts=arm.prompts, config=arm.config, labels=arm.labels)
     assert len(every) == 10 * ROWS
     expected, built = build_report([full], "t"), build_report([arm], "t")
     assert built.html == expected.html and built.pngs == expected.pngs and built.table == expected.table

@@ -96,3 +96,72 @@ def test_no_writes_outside_the_output_root(tmp_path):
             store.write_shard(kind, 0, features_table(["a"], [[1.0]]))
     assert not any(p.name.startswith("evil") for p in tmp_path.rglob("*"))
     assert os.listdir(tmp_path) in ([], ["root"])
+
+
+@pytest.mark.parametrize(
+    "options, secret_paths",
+    [
+        ({"connection_string": "DefaultEndpointsProtocol=https;AccountKey=S"}, ["connection_string"]),
+        ({"profile": "prod"}, ["profile"]),
+        ({"client_kwargs": {"endpoint_url": "http://x", "aws_secret_access_key": "S"}}, ["client_kwargs.aws_secret_access_key"]),
+        ({"config_kwargs": {"proxies": {"https": "http://user:S@proxy"}, "signature_version": "s3v4"}}, ["config_kwargs.proxies"]),
+        ({"s3_additional_kwargs": {"SSECustomerKey": "S"}}, ["s3_additional_kwargs"]),
+        ({"client_kwargs": "endpoint_url=http://x"}, ["client_kwargs"]),  # a container given as a string: not judged plain
+        ({"anon": True, "client_kwargs": {"endpoint_url": "http://x", "region_name": "eu-west-1"}}, []),
+    ],
+)
+def test_only_known_harmless_storage_options_may_travel_as_flow_parameters(options, secret_paths):
+    """An allow-list, nested keys included: whatever it does not know stays out of Prefect."""
+    from minority_core.config.storage import split_options
+    from minority_core.errors import InputError
+
+    plain, secret, paths = split_options(options)
+    assert paths == secret_paths
+    assert "S" not in json.dumps(plain).replace('"s3v4"', "")  # no planted secret in the plain part
+    if secret_paths:
+        with pytest.raises(InputError, match="may be credentials"):
+            SynthesisConfig.from_options(model="bundled:digits", num_samples=8, out="/tmp/x", storage_options=options)
+    else:
+        assert SynthesisConfig.from_options(model="bundled:digits", num_samples=8, out="/tmp/x", storage_options=options).output.storage_options == options
+
+
+@pytest.mark.slow
+def test_planted_secrets_reach_no_store_log_or_object(prefect_api, s3_bucket, tmp_path):
+    """The CLI with credentials in every accepted form (top-level key/secret, a nested client
+    kwarg, the environment): none of them is in Prefect's database (runs, tasks, logs,
+    artifacts), the command's output, the Ray session's logs, or any object of the bucket."""
+    import glob
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import s3fs
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url, options = s3_bucket
+    planted = {"AKIAPLANTEDKEY1", "PLANTED-SECRET-2", "PLANTED-TOKEN-3", "PLANTED-ENV-4"}
+    endpoint = options["client_kwargs"]["endpoint_url"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINORITY_STORAGE"))}
+    env.update(PREFECT_API_URL=PREFECT_API_URL.value(), AWS_DEFAULT_REGION="us-east-1",
+               MINORITY_STORAGE_OPTIONS=json.dumps({"client_kwargs": {"aws_session_token": "PLANTED-ENV-4"}}))
+    cli = str(Path(sys.executable).with_name("minority-synth"))
+    done = subprocess.run([cli, "synthesize", "--model", "bundled:digits", "--num-samples", "16", "--shard-size", "8", "--steps", "3", "--workers", "1",
+                           "--out", f"{url}/planted", "--storage-option", "key=AKIAPLANTEDKEY1", "--storage-option", "secret=PLANTED-SECRET-2",
+                           "--storage-option", "client_kwargs=" + json.dumps({"endpoint_url": endpoint, "aws_session_token": "PLANTED-TOKEN-3"})],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    async def everything_prefect_stored() -> str:
+        async with get_client() as client:
+            rows = [*await client.read_flow_runs(), *await client.read_task_runs(), *await client.read_logs(), *await client.read_artifacts()]
+        return json.dumps([r.model_dump(mode="json") for r in rows])
+
+    fs = s3fs.S3FileSystem(**options)
+    objects = b"".join(fs.cat_file(path) for path in fs.find(url.removeprefix("s3://")))
+    ray_logs = "".join(Path(p).read_text(errors="replace") for p in glob.glob("/tmp/ray/session_*/logs/*") if Path(p).is_file())
+    places = {"prefect": asyncio.run(everything_prefect_stored()), "output": done.stdout + done.stderr,
+              "objects": objects.decode("latin-1"), "ray logs": ray_logs}
+    assert "planted" in places["prefect"] and len(objects) > 1000  # the run is there: the search looked at the right data
+    leaks = {(secret, where) for secret in planted for where, text in places.items() if secret in text}
+    assert not leaks, leaks

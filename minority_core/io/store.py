@@ -59,6 +59,7 @@ class ShardStore:
         self.fs: fsspec.AbstractFileSystem = fs
         self.local = is_local(fs)
         self.root = self._normalise_root(root)
+        self.lease: Any = None  # the writer's Lease (minority_core/io/lease.py) where it took one; never pickled
 
     def _normalise_root(self, root: str) -> str:
         """Root path without trailing '/'; a bucket-less object-store URL is refused."""
@@ -259,6 +260,37 @@ class ShardStore:
         """Atomically store a small text object."""
         self._put_atomic(rel, text.encode("utf-8"))
 
+    def create_exclusive(self, rel: str, data: bytes) -> None:
+        """Create `rel` holding `data` only if nothing is there: FileExistsError otherwise, also
+        when another writer creates it at the same moment (O_EXCL locally, If-None-Match on S3)."""
+        path = self._abs(rel)
+
+        def create() -> None:
+            if self.local:
+                self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            with self.fs.open(path, "xb") as out:
+                out.write(data)
+
+        try:  # transient errors are retried; FileExistsError is permanent (and may be our own retried create: callers check)
+            self._retry(create, f"create {self.url_of(rel)}")
+        except (FileExistsError, StorageError):
+            raise
+        except OSError as err:
+            raise StorageError(f"create {self.url_of(rel)}: {_one_line(err)}{storage_hint(err)}") from err
+        finally:
+            self._invalidate(path)
+
+    def remove_empty_dirs(self, rel: str) -> None:
+        """Remove the folder `rel` and then the root where they are left empty (local disks:
+        object stores have no folders), so a run that wrote nothing leaves nothing."""
+        if not self.local:
+            return
+        for path in (self._abs(rel), self.root):
+            try:
+                os.rmdir(path)
+            except OSError:
+                return
+
     def remove(self, rel: str) -> None:
         """Delete an object if present (idempotent), retried like any write."""
         path = self._abs(rel)
@@ -291,7 +323,10 @@ class ShardStore:
         return commit_log.read_run(self)
 
     def commit(self, manifest: Manifest, records: list[ShardRecord], discard: list[str] | tuple[str, ...] = ()) -> None:
-        """Commit records to the run with one small write (≤ a few kB whatever the run's size)."""
+        """Commit records to the run with one small write (≤ a few kB whatever the run's size),
+        only while this writer holds the store's lease (if it took one: `lease`)."""
+        if self.lease is not None:
+            self.lease.check()
         commit_log.append(self, manifest, records, discard)
 
     def compact(self) -> int:

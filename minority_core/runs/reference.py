@@ -33,17 +33,21 @@ def build_reference_set(
 ) -> dict:
     """Featurise the real data of `source` (bundled:digits, an image folder, or Parquet with an image
     column), store the features and the precomputed ReferenceSet; returns its URL and size."""
+    from minority_core.io.lease import Lease
     from minority_core.io.sources import load_reference_images
     from minority_core.metrics import ReferenceSet
     from minority_core.metrics.features import get_extractor
 
-    images = load_reference_images(source, storage_options)
-    features = get_extractor(extractor, device=device)(images)
     url = reference_url(reference, extractor)
     store = ShardStore(url, storage_options)
-    store.check_writable()
-    store.write_shard("features", 0, features_table([sample_id(0, i) for i in range(len(features))], features))
-    ReferenceSet.build(features, k_lof=k_lof, k_rarity=k_rarity, index=index).save(f"{url}/index", storage_options)
+    with Lease.acquire(store, "build-reference") as lease:  # two builders of one URL: the second fails at once, naming the first
+        images = load_reference_images(source, storage_options)
+        features = get_extractor(extractor, device=device)(images)
+        store.check_writable()
+        store.write_shard("features", 0, features_table([sample_id(0, i) for i in range(len(features))], features))
+        built = ReferenceSet.build(features, k_lof=k_lof, k_rarity=k_rarity, index=index)
+        lease.check()  # a builder that lost the lease must not write the set (its meta.json completes it)
+        built.save(f"{url}/index", storage_options)
     logger.info("reference set %s: %d images, %d-d %s features", url, len(features), features.shape[1], extractor)
     return {"url": url, "rows": int(len(features)), "dim": int(features.shape[1])}
 
