@@ -156,6 +156,7 @@ def main():
 @friendly_errors
 def sample(prompts_file, **options):
     """Sample in this process: writes OUT/grid.png and OUT/samples/shard-00000.parquet."""
+    from minority_core.config.synthesis import check_device_available
     from minority_core.io import ShardStore
     from minority_core.io.images import grid_png, to_uint8_nhwc
     from minority_core.models import load_model
@@ -164,6 +165,7 @@ def sample(prompts_file, **options):
     from minority_core.runs.worker import sample_shard
 
     config = config_from_cli(options, prompts_file)
+    check_device_available(config.execution.device)  # sampled here, whatever --workers says
     out, n = config.output.out, config.output.num_samples
     loaded = load_model(config.model.spec, config.execution.device, **config.model.load_options())
     check_class_labels(loaded, config.sampler)  # before anything is written
@@ -184,7 +186,10 @@ def one_shot(flow, body):
 
 
 def normalise_out(out: str) -> str:
-    """Local paths become absolute (Ray workers may run in another working directory)."""
+    """Local paths become absolute (Ray workers may run in another working directory); an empty
+    one is refused (it would mean the current directory)."""
+    if not out or not out.strip():
+        raise InputError("an output or run location is empty: give a folder or a URL (e.g. --out runs/my-run)")
     return out if "://" in out else str(Path(out).expanduser().resolve())
 
 

@@ -92,10 +92,16 @@ CASES = {
     "cli: unknown dataset": (cli_case(["datasets", "show", "nope"], ""), "unknown dataset 'nope'"),
     "cli: filter top-q": (cli_case(["filter", "--run", "{tmp}/none", "--top-q", "2"], ""), "top_q must be in (0, 1]"),
     "cli: eta": (cli_case(["synthesize", "--num-samples", "4", "--out", "{tmp}/o", "--sampler", "ddim", "--eta", "3"], ""), "eta"),
+    "cli: device banana": (cli_case(["sample", "--device", "banana", "--out", "{tmp}/o"], ""), "device must be cpu, cuda, cuda:N or mps"),
+    "cli: device cuda here": (cli_case(["sample", "--device", "cuda" if not torch.cuda.is_available() else "cuda:99", "--out", "{tmp}/o"], ""), "device 'cuda"),
+    "cli: empty out": (cli_case(["synthesize", "--num-samples", "4", "--out", ""], ""), "location is empty"),
+    "cli: filter threshold nan": (cli_case(["filter", "--run", "{tmp}/none", "--threshold", "nan"], ""), "threshold must be a finite number"),
+    "cli: dataset workers 1000": (cli_case(["datasets", "validate", "{tmp}/w.yaml"], ""), "workers"),
+    "cli: dataset timezone": (cli_case(["datasets", "validate", "{tmp}/tz.yaml"], ""), "timezone"),
     # --- configs
     "config: bundled model": (raises_case(lambda t: SynthesisConfig.from_options(model="bundled:cats", num_samples=1, out="/tmp/x"), ""), "unknown bundled model"),
     "config: arm name": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="/tmp/x", arm="Bad Name!"), ""), "arm"),
-    "config: credentials": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="/tmp/x", storage_options={"password": "p"}), ""), "look like credentials"),
+    "config: credentials": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="/tmp/x", storage_options={"password": "p"}), ""), "may be credentials"),
     "config: unknown field": (raises_case(lambda t: SynthesisConfig(output={"num_samples": 1, "out": "/tmp/x"}, colour="red"), ""), "Extra inputs are not permitted"),
     "config: relative out": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="rel/x"), ""), "absolute path or a URL"),
     "config: mc samples": (raises_case(lambda t: SynthesisConfig.from_options(num_samples=1, out="/tmp/x", mc_samples=0), ""), "mc_samples must be an integer ≥ 1"),
@@ -107,6 +113,12 @@ CASES = {
     "dataset: unknown field": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="ds") + "colour: red\n")), ""), "colour: Extra inputs are not permitted"),
     "dataset: perturb ratio": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="ds") + "guidance: {perturb_ratio: 2}\n")), ""), "guidance.perturb_ratio"),
     "dataset: missing file": (raises_case(lambda t: load_dataset_file(t / "missing.yaml"), ""), "does not exist"),
+    "dataset: count given as true": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="ds") + "run: {num_samples: true}\n")), ""),
+                                     "run.num_samples: expected a whole number, got true"),
+    "dataset: duplicated key": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="ds") + "output: /tmp/other\n")), ""),
+                                "key 'output' appears twice"),
+    "dataset: device": (raises_case(lambda t: load_dataset_file(dataset_file(t, VALID_DATASET.format(name="ds") + "run: {device: nonsense}\n")), ""),
+                        "device must be cpu, cuda, cuda:N or mps"),
     # --- model files
     "model: truncated safetensors": (
         raises_case(lambda t: _truncated_unet(t), ""),
@@ -174,6 +186,8 @@ def test_table_has_at_least_30_rows():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input(name, tmp_path):
+    dataset_file(tmp_path, VALID_DATASET.format(name="w") + "run: {workers: 1000}\n", "w")
+    dataset_file(tmp_path, VALID_DATASET.format(name="tz") + "schedule: {cron: '0 3 * * *', timezone: Mars/Base}\n", "tz")
     case, expected = CASES[name]
     message = case(tmp_path)
     assert expected.lower() in message.lower(), message

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from minority_core.config.guidance import MinorityGuidance
-from minority_core.config.synthesis import KNOBS, SynthesisConfig, describe_validation_error
+from minority_core.config.synthesis import KNOBS, Count, SynthesisConfig, describe_validation_error
 from minority_core.errors import InputError, MissingFileError, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -65,10 +65,10 @@ class PromptsEntry(_Strict):
 
 
 class RunEntry(_Strict):
-    num_samples: int = Field(default=512, gt=0)
-    shard_size: int = Field(default=256, gt=0)
-    workers: int = Field(default=2, ge=0)
-    seed: int | None = Field(default=None, ge=0)  # None: derived from the run date, so scheduled runs differ
+    num_samples: Count = Field(default=512, gt=0)
+    shard_size: Count = Field(default=256, gt=0)
+    workers: Count = Field(default=2, ge=0)
+    seed: Count | None = Field(default=None, ge=0)  # None: drawn from the flow run (flows/dataset_runs.py), so runs differ
     device: str = "cpu"
 
 
@@ -225,13 +225,26 @@ def datasets_dir(given: str | Path | None = None) -> Path:
     return DATASETS_DIR
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice (line {key_node.start_mark.line + 1}): keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_dataset_file(path: str | Path) -> DatasetEntry:
     """Parse and validate one dataset file's schema; every problem becomes one line naming the file and field."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"dataset file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -11,10 +11,11 @@ the model's preset (minority_core.config.presets), merged in one place. The dict
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from minority_core.config.fields import Knob, dataclass_knobs, model_knobs
 from minority_core.config.guidance import MinorityGuidance
@@ -91,14 +92,25 @@ class ModelConfig(Section):
         return {"model": self.spec, "preset": self.preset, "upsampler": self.upsampler, **flags}
 
 
+def _not_bool(value: Any) -> Any:
+    """A count given as true/false (YAML `num_samples: true`) is a mistake, not 1 or 0."""
+    if isinstance(value, bool):
+        raise InputError(f"expected a whole number, got {str(value).lower()}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_bool)]
+DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
 class OutputConfig(Section):
     """What to write and where: sizes, the run seed, the arm's name, the scoring side."""
 
     out: str = Field(description="output location: a folder, file://, s3://, gs:// or memory:// URL")
-    num_samples: int = Field(gt=0, description="samples in the run")
-    shard_size: int = Field(256, gt=0, description="samples per Parquet shard (the unit of resume)")
+    num_samples: Count = Field(gt=0, description="samples in the run")
+    shard_size: Count = Field(256, gt=0, description="samples per Parquet shard (the unit of resume)")
     arm: str = Field("guided", pattern=ARM_PATTERN, description="name of this arm in reports (e.g. standard, guided)")
-    seed: int = Field(0, ge=0, description="run seed; shard k's seed derives from (seed, k) alone")
+    seed: Count = Field(0, ge=0, description="run seed; shard k's seed derives from (seed, k) alone")
     extractor: str | None = Field(None, description="feature extractor for scoring (default: the model's preset)")
     reference: str | None = Field(None, description="a reference set (build-reference's output): score and report after generating")
     reference_source: str | None = Field(None, description="real data to build --reference from when it does not exist yet")
@@ -132,9 +144,40 @@ class OutputConfig(Section):
 class ExecutionConfig(Section):
     """How to run it; nothing here changes the output bytes."""
 
-    workers: int = Field(2, ge=0, le=256, description="CPU Ray actors (one per GPU where there are GPUs); 0 = in-process")
+    workers: Count = Field(2, ge=0, le=256, description="CPU Ray actors (one per GPU where there are GPUs); 0 = in-process")
     ray_address: str | None = Field(None, description="an existing Ray cluster (default: local Ray, or $RAY_ADDRESS)")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.match(value):
+            raise InputError(f"device must be cpu, cuda, cuda:N or mps, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _device_here(self) -> ExecutionConfig:
+        """In-process runs use this machine's device: say now if it has none (Ray workers check their own node's)."""
+        if self.workers == 0:
+            check_device_available(self.device)
+        return self
+
+
+def check_device_available(device: str) -> None:
+    """One line (InputError) where `device` is not usable on this machine, before any work."""
+    if device == "cpu":
+        return
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise InputError(f"device {device!r}: no CUDA device here (torch {torch.__version__}, {build}): use --device cpu, or run on a GPU machine")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s): use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise InputError("device 'mps': no Apple GPU here: use --device cpu")
 
 
 class SynthesisConfig(Section):

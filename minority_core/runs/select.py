@@ -52,6 +52,8 @@ def check_rule(metric: str, top_q: float | None, threshold: float | None, per_pr
         raise InputError("give exactly one of top_q (a fraction in (0, 1]) or threshold")
     if top_q is not None and not 0 < top_q <= 1:
         raise InputError(f"top_q must be in (0, 1], got {top_q}")
+    if threshold is not None and not np.isfinite(threshold):
+        raise InputError(f"threshold must be a finite number, got {threshold}")
     if per_prompt and top_q is None:
         raise InputError("per_prompt selects a top fraction of each prompt's samples: give top_q, not threshold")
     if min_confidence is not None and not 0 <= min_confidence <= 1:
