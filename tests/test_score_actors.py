@@ -43,8 +43,20 @@ def reference(tmp_path_factory) -> str:
 
 
 def scores_bytes(run: str) -> dict[int, bytes]:
+    """Each committed scores shard's bytes, without its run column (which names the run's own URL)."""
+    import io
+
+    import pyarrow.parquet as pq
+
     store = ShardStore(run)
-    return {r.index: store.fs.cat_file(store.shard_path(r.kind, r.index)) for r in store.read_manifest().records("scores/pixels")}
+    shards = {}
+    for r in store.read_manifest().records("scores/pixels"):
+        table = pq.read_table(io.BytesIO(store.fs.cat_file(store.shard_path(r.kind, r.index))))
+        assert set(table.column("run").to_pylist()) == {f"file://{run}@{store.read_manifest().config_hash[:12]}"}
+        sink = io.BytesIO()
+        pq.write_table(table.drop_columns(["run"]), sink)
+        shards[r.index] = sink.getvalue()
+    return shards
 
 
 def score_in_process(run: str, reference: str) -> None:
@@ -205,3 +217,22 @@ def test_filter_per_prompt_reads_prompts_shard_by_shard(tmp_path, reference, mon
     assert result["selected"] == len(expected) == selection.num_rows
     assert set(selection.column("sample_id").to_pylist()) == {ids[i] for i in expected}
     assert selection.column("prompt").to_pylist() == [prompts[ids.index(i)] for i in selection.column("sample_id").to_pylist()]
+
+
+def test_scores_of_two_runs_join_on_run_and_sample_id_without_collisions(tmp_path, reference):
+    """Sample ids restart in every run; the scores' run column keeps a join of two runs' scores
+    one row per sample, where sample_id alone would double count."""
+    import pyarrow as pa
+
+    from minority_core.runs.scoring import open_run, score_table
+
+    tables = []
+    for seed in (0, 1):
+        run = make_run(str(tmp_path / f"run-{seed}"), shards=2, seed=seed)
+        score_in_process(run, reference)
+        tables.append(score_table(*open_run(run, {})))
+    both = pa.concat_tables(tables)
+    by_run = both.group_by(["run", "sample_id"]).aggregate([("avgknn", "count")])
+    by_id = both.group_by(["sample_id"]).aggregate([("avgknn", "count")])
+    assert by_run.num_rows == both.num_rows and set(by_run.column("avgknn_count").to_pylist()) == {1}
+    assert by_id.num_rows == both.num_rows // 2  # ids alone collide: every sample twice

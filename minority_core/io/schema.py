@@ -186,10 +186,13 @@ def features_table(sample_ids: Sequence[str], features: np.ndarray) -> pa.Table:
 SCORE_COLUMNS = ("avgknn", "lof", "rarity")
 
 
-def scores_table(sample_ids: Sequence[str], scores: dict[str, np.ndarray]) -> pa.Table:
-    """A scores shard: sample_id, avgknn, lof, rarity (NaN = out of support), in_support."""
+def scores_table(sample_ids: Sequence[str], scores: dict[str, np.ndarray], run: str | None = None) -> pa.Table:
+    """A scores shard: run (where given), sample_id, avgknn, lof, rarity (NaN = out of support),
+    in_support. Sample ids restart in every run, so scores of several runs join on (run,
+    sample_id); the constant column costs a few bytes per shard (dictionary-encoded)."""
     ids = [str(s) for s in sample_ids]
-    columns = {"sample_id": pa.array(ids, pa.string())}
+    columns = {} if run is None else {"run": pa.array([run] * len(ids), pa.string())}
+    columns["sample_id"] = pa.array(ids, pa.string())
     for name in SCORE_COLUMNS:
         values = np.asarray(scores[name], dtype=np.float64)
         if values.shape != (len(ids),):

@@ -48,11 +48,12 @@ def unscored(store: ShardStore, manifest: Manifest) -> tuple[list[ShardRecord], 
     return [r for r in manifest.records(f"features/{manifest.config['extractor']}") if r.index not in done], len(done)
 
 
-def score_shard(store: ShardStore, refset, record: ShardRecord, extractor: str, k_avg: int) -> ShardRecord:
-    """One batched kNN query per shard against the precomputed reference side; writes its scores."""
+def score_shard(store: ShardStore, refset, record: ShardRecord, extractor: str, k_avg: int, run: str | None = None) -> ShardRecord:
+    """One batched kNN query per shard against the precomputed reference side; writes its scores,
+    with the `run` column (the run's URL@identity, as selections and exports carry it)."""
     table = store.read_shard(record)
     scores = refset.score(features_matrix(table), k_avg=k_avg)
-    return store.write_shard(f"scores/{extractor}", record.index, scores_table(table.column("sample_id").to_pylist(), scores))
+    return store.write_shard(f"scores/{extractor}", record.index, scores_table(table.column("sample_id").to_pylist(), scores, run))
 
 
 class ScoreWorker:
@@ -67,8 +68,11 @@ class ScoreWorker:
         self.init_error: Exception | None = None
         try:
             from minority_core.metrics import ReferenceSet
+            from minority_core.runs.select import run_name
 
             self.store = ShardStore(run, storage_options)
+            manifest = self.store.read_manifest()
+            self.run = run_name(self.store, manifest) if manifest is not None else None
             self.refset = ReferenceSet.load(reference_index, storage_options)
         except Exception as exc:
             self.init_error = exc
@@ -82,7 +86,7 @@ class ScoreWorker:
     def score_shard(self, record: ShardRecord) -> ShardRecord:
         """Score one features shard and write its scores shard; returns the scores record."""
         self.ping()
-        return score_shard(self.store, self.refset, record, self.extractor, self.k_avg)
+        return score_shard(self.store, self.refset, record, self.extractor, self.k_avg, self.run)
 
 
 def commit_scores(store: ShardStore, manifest: Manifest, scored: Iterable[ShardRecord]) -> int:
