@@ -121,7 +121,7 @@ def test_missing_bucket_is_a_clear_error(tiny_diffusers_model, moto_endpoint):
         (dict(out="relative/path"), "absolute path or a URL"),
         (dict(guidance_scale=-1.0), "guidance_scale"),
         (dict(every=0), "every must be an integer"),
-        (dict(storage_options={"secret": "abc"}), "look like credentials"),
+        (dict(storage_options={"secret": "abc"}), "may be credentials"),
     ],
 )
 def test_bad_config_is_refused(tmp_path, kw, message):
