@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import time
 from collections.abc import Callable
@@ -61,6 +62,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-sklearn", action="store_true", help="skip sklearn")
     p.add_argument("--no-faiss", action="store_true", help="skip raw FAISS IndexFlatL2")
     p.add_argument("--scale", action="store_true", help="ours only (the kinds given), time and peak RSS per phase")
+    p.add_argument("--sklearn-sizes", type=int, nargs="*", default=[],
+                   help="with --scale: N values sklearn really runs at (Q = --queries), for a fitted growth to N")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where our GEMMs run (cuda: torch CUDA)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -303,13 +306,35 @@ def scale(n: int, d: int, args: argparse.Namespace) -> None:
     model = mixture_model(d, args.components, args.intrinsic_dim, rng)
     (ref, q), gen_s, _ = measure(lambda: (sample(model, n, rng), sample(model, args.queries, rng, outliers=0.02)))
     print(f"\n== scale: N={n:,}, Q={len(q):,}, d={d} (data made in {gen_s:.0f}s) ==")
+    totals = {}
     for kind in args.kinds:
         run = ours(ref, q, kind, args)
+        totals[kind] = run["build_s"] + run["score_s"]
         print(f"  ours {kind}: build {run['build_s']:.1f}s (+{run['build_mib']:.0f} MiB), score {run['score_s']:.1f}s "
-              f"(+{run['score_mib']:.0f} MiB), total {run['build_s'] + run['score_s']:.1f}s, "
+              f"(+{run['score_mib']:.0f} MiB), total {totals[kind]:.1f}s, "
               f"{run['set'].index.engine.n_lists} lists; peak RSS {_status_kib('VmHWM') / 2**20:.2f} GiB")
         del run
         gc.collect()
+    if len(args.sklearn_sizes) >= 2:
+        sk = sklearn_growth(ref, q, sorted(args.sklearn_sizes), n, args)
+        print("  " + ", ".join(f"{kind} {sk / t:.1f}x" for kind, t in totals.items()) + " (sklearn extrapolated / ours)")
+
+
+def sklearn_growth(ref: np.ndarray, q: np.ndarray, sizes: list[int], n: int, args: argparse.Namespace) -> float:
+    """sklearn's total (fit + Q queries) measured at `sizes` reference rows, a power law fitted
+    through the two largest, extrapolated to n."""
+    times = []
+    for m in sizes:
+        sub = ref[:m]
+        lof = LocalOutlierFactor(n_neighbors=args.k_lof, novelty=True).fit(sub)
+        radii = lof._distances_fit_X_[:, args.k_rarity - 1].astype(np.float64)
+        run = sklearn_run(sub, q, radii, args)
+        times.append(run["seconds"])
+        print(f"  sklearn at N={m:,}: {run['seconds']:.1f}s (fit {run['fit_s']:.1f}s, queries {run['query_s']:.1f}s, {run['query_note']})")
+    exponent = math.log(times[-1] / times[-2]) / math.log(sizes[-1] / sizes[-2])
+    projected = times[-1] * (n / sizes[-1]) ** exponent
+    print(f"  sklearn growth exponent {exponent:.2f} -> {projected:.0f}s extrapolated to N={n:,}")
+    return projected
 
 
 def warm_up(device: str) -> None:
