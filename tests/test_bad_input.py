@@ -128,6 +128,7 @@ CASES = {
         raises_case(lambda t: _load_classifier(truncated_copy(Path(__file__).parents[1] / "minority_core/models/bundled/digits/classifier.safetensors", t / "c.safetensors")), ""),
         "do not load",
     ),
+    "model: beta_end 2": (raises_case(lambda t: _edited_scheduler(t, beta_end=2.0), ""), "beta_end 2.0 must satisfy"),
     "model: ADM wrong image size": (
         raises_case(lambda t: __import__("minority_core.models", fromlist=["load_model"]).load_model(f"adm:{tiny_adm(t, 16)}", preset="celeba64", num_channels=32, num_head_channels=32, image_size=32), ""),
         "image_size",
@@ -159,6 +160,19 @@ def _truncated_unet(tmp: Path):
     shutil.copytree(BUNDLED_DIR / "digits", folder)
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     truncated_copy(weights, weights)
+    return load_model(f"diffusers:{folder}")
+
+
+def _edited_scheduler(tmp: Path, **changes):
+    import json
+    import shutil
+
+    from minority_core.models import BUNDLED_DIR, load_model
+
+    folder = tmp / "m"
+    shutil.copytree(BUNDLED_DIR / "digits", folder)
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
     return load_model(f"diffusers:{folder}")
 
 

@@ -53,6 +53,9 @@ def schedule_from_scheduler_config(config: dict) -> NoiseSchedule:
     steps = int(config.get("num_train_timesteps", 1000))
     kind = config.get("beta_schedule", "linear")
     start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    if not 0 < start <= end < 1:  # checked whatever the schedule: a nonsense value means a broken or edited config
+        raise InputError(f"scheduler config: beta_start {start} and beta_end {end} must satisfy 0 < beta_start ≤ beta_end < 1 "
+                         "(DDPM's are 1e-4 and 0.02): fix scheduler_config.json")
     variance = config.get("variance_type", "fixed_small")
     if variance not in _FIXED_VARIANCE:
         raise InputError(f"unsupported scheduler variance_type {variance!r}; supported: {sorted(_FIXED_VARIANCE)}")
