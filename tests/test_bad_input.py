@@ -128,6 +128,7 @@ CASES = {
         raises_case(lambda t: _load_classifier(truncated_copy(Path(__file__).parents[1] / "minority_core/models/bundled/digits/classifier.safetensors", t / "c.safetensors")), ""),
         "do not load",
     ),
+    "model: pickle minority classifier": (raises_case(lambda t: _pickled_level_classifier(t), ""), "does not load as this classifier's safetensors weights"),
     "model: beta_end 2": (raises_case(lambda t: _edited_scheduler(t, beta_end=2.0), ""), "beta_end 2.0 must satisfy"),
     "model: ADM wrong image size": (
         raises_case(lambda t: __import__("minority_core.models", fromlist=["load_model"]).load_model(f"adm:{tiny_adm(t, 16)}", preset="celeba64", num_channels=32, num_head_channels=32, image_size=32), ""),
@@ -161,6 +162,18 @@ def _truncated_unet(tmp: Path):
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     truncated_copy(weights, weights)
     return load_model(f"diffusers:{folder}")
+
+
+def _pickled_level_classifier(tmp: Path):
+    """A trained-looking classifier folder whose weights file is a pickle under the safetensors name."""
+    import pickle
+
+    from minority_core.baselines.minority_classifier import LevelClassifier, load_level_classifier, save_level_classifier
+
+    folder = tmp / "clf"
+    save_level_classifier(LevelClassifier(in_channels=1, num_levels=4, width=8, channel_mults=(1,)), folder)
+    (folder / "level_classifier.safetensors").write_bytes(pickle.dumps({"weight": [1, 2, 3]}))
+    return load_level_classifier(folder)
 
 
 def _edited_scheduler(tmp: Path, **changes):

@@ -317,7 +317,11 @@ def load_level_classifier(directory: str | Path, device: torch.device | str = "c
     cfg = dict(data["config"])
     cfg["channel_mults"] = tuple(cfg["channel_mults"])
     classifier = LevelClassifier(**cfg)
-    classifier.load_state_dict(load_file(str(weights_path)), strict=True)
+    try:  # a pickle (or anything else) under the safetensors name is refused, never unpickled
+        classifier.load_state_dict(load_file(str(weights_path)), strict=True)
+    except Exception as exc:  # safetensors' own error type, a shape/key mismatch, a read error
+        raise InputError(f"{weights_path} does not load as this classifier's safetensors weights ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:160]}): retrain it, or save it with save_level_classifier") from None
     classifier.metadata = data.get("metadata", {})
     return classifier.to(device).eval()
 
