@@ -65,8 +65,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count()
-    try:
-        ray.init(address=address, **kwargs)
+    try:  # "local": a new local instance even where `ray start` runs on this machine; joining a cluster takes --ray-address
+        ray.init(address=address or "local", **kwargs)
     except ConnectionError as exc:
         raise InputError(f"could not connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
 
