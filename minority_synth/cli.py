@@ -240,7 +240,7 @@ def _fmt(value) -> str:
 @click.option("--source", default="bundled:digits", show_default=True, help="bundled:digits, an image folder, or Parquet with an image column")
 @click.option("--reference", required=True, help="where to write the reference set (folder or URL)")
 @click.option("--extractor", default="demo-classifier", show_default=True)
-@click.option("--index", type=click.Choice(["auto", "exact", "ivf", "hnsw"]), default="auto", show_default=True)
+@click.option("--index", type=click.Choice(["auto", "exact", "ivf"]), default="auto", show_default=True, help="kNN index: exact scans all; ivf prunes lists and is certified exact per query")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--storage-option", "storage_option", multiple=True)
 @friendly_errors

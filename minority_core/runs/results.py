@@ -31,7 +31,7 @@ CONFIDENT = 0.9  # a prediction is confident when its max softmax exceeds this
 def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, name: str | None = None, seconds: float | None = None):
     """Scores, labels, the shown images and set metrics (P/R, D/C, FID; rare-class share where the
     model has a labeller) of one run against the reference features."""
-    from minority_core.metrics import density_coverage, fid_from_features, precision_recall
+    from minority_core.metrics import fid_from_features, prdc, precision_recall
     from minority_core.report import ArmResult, shown_rows
 
     store, manifest = open_run(run, storage_options)
@@ -42,8 +42,11 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
     summary: dict = {"samples": scores.num_rows}
     # Each needs more than k rows on both sides; a run too small for one gets "—" in the report, not a crash.
     rows = min(len(reference_features), len(features))
-    summary.update(precision_recall(reference_features, features, k=3) if rows > 3 else {"precision": None, "recall": None})
-    summary.update(density_coverage(reference_features, features, k=5) if rows > 5 else {"density": None, "coverage": None})
+    if rows > 5:  # one index and one self-kNN per set for all four
+        summary.update(prdc(reference_features, features, k_pr=3, k_dc=5))
+    else:
+        summary.update(precision_recall(reference_features, features, k=3) if rows > 3 else {"precision": None, "recall": None})
+        summary.update({"density": None, "coverage": None})
     if len(features) > 1:
         summary["fid"] = fid_from_features(reference_features, features)
     del features
