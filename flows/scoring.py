@@ -25,7 +25,7 @@ from minority_core.io import ShardStore
 from minority_core.io.lease import Lease, wait_released
 from minority_core.runs.reference import load_reference_features, reference_accuracy, reference_exists, reference_url
 from minority_core.runs.results import CONFIDENT
-from minority_core.runs.scoring import open_run, unscored
+from minority_core.runs.scoring import open_run, record_scoring, unscored
 from minority_core.runs.select import check_rule, select_rarest
 from tasks.score_pool import ScorePool
 from tasks.scoring import arm_result, build_reference_set, score_shards
@@ -80,11 +80,13 @@ def score_run(run: str, reference: str, k_avg: int = 5, storage_options: dict | 
     if not reference_exists(reference, extractor, options):
         raise MissingFileError(f"no reference set at {reference_url(reference, extractor)}: run `minority-synth build-reference` first")
     workers = score_workers(store, workers)
-    todo, done = unscored(store, manifest)
-    if todo:
-        worker = dict(run=store.url, reference_index=f"{reference_url(reference, extractor)}/index", extractor=extractor, k_avg=k_avg, storage_options=options)
-        with Lease.acquire(store, "score") as lease:  # a second scorer of this run fails at once; synthesize's own scoring shares its lease
-            store.lease = lease
+    reference_index = f"{reference_url(reference, extractor)}/index"
+    with Lease.acquire(store, "score") as lease:  # a second scorer of this run fails at once; synthesize's own scoring shares its lease
+        store.lease = lease
+        todo, done = unscored(store, manifest)  # (it removes uncommitted score files: only under the lease)
+        record_scoring(store, manifest, reference_index, k_avg)  # one reference and one k per run's scores, or one line
+        if todo:
+            worker = dict(run=store.url, reference_index=reference_index, extractor=extractor, k_avg=k_avg, storage_options=options)
             pool = ScorePool(worker, workers, ray_address)
             try:
                 run_task(score_shards, pool, quote(store), quote(manifest), quote(todo)) if in_flow_run() else score_shards.fn(pool, store, manifest, todo)

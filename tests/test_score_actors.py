@@ -236,3 +236,22 @@ def test_scores_of_two_runs_join_on_run_and_sample_id_without_collisions(tmp_pat
     by_id = both.group_by(["sample_id"]).aggregate([("avgknn", "count")])
     assert by_run.num_rows == both.num_rows and set(by_run.column("avgknn_count").to_pylist()) == {1}
     assert by_id.num_rows == both.num_rows // 2  # ids alone collide: every sample twice
+
+
+def test_rescoring_with_another_k_or_reference_is_refused_not_mixed(tmp_path, reference, tmp_path_factory):
+    """Scores record the reference set and k that made them: a second scoring with other ones is
+    one line (it used to report 'skipped' and keep the old scores as if they were the new)."""
+    from flows.scoring import score_run
+    from minority_core.errors import InputError
+
+    run = make_run(str(tmp_path / "run"), shards=2)
+    assert score_run(run, reference, k_avg=5, workers=0)["scored_shards"] == 2
+    assert score_run(run, reference, k_avg=5, workers=0)["skipped_shards"] == 2  # the same scoring: resumes
+    with pytest.raises(InputError, match="with k=5; scoring it against .* with k=7 would mix the two"):
+        score_run(run, reference, k_avg=7, workers=0)
+    other = tmp_path_factory.mktemp("other-ref")
+    import shutil
+
+    shutil.copytree(reference, other, dirs_exist_ok=True)
+    with pytest.raises(InputError, match="pass the same --reference and --k"):
+        score_run(run, str(other), k_avg=5, workers=0)

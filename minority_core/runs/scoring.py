@@ -9,6 +9,7 @@ only the scores shards: sample ids and four numbers per sample, never images.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
@@ -31,6 +32,23 @@ def open_run(url: str, storage_options: dict) -> tuple[ShardStore, Manifest]:
 
 def scores_kind(manifest: Manifest) -> str:
     return f"scores/{manifest.config['extractor']}"
+
+
+def record_scoring(store: ShardStore, manifest: Manifest, reference_index: str, k_avg: int) -> None:
+    """Scores of one run come from one reference set and one k: `scores/<extractor>/scoring.json`
+    records them with the first scores; scoring again with another reference or k is one line
+    (keeping the old shards and adding new ones would mix two scorings, and skipping them would
+    report the old ones as the new)."""
+    path = f"{scores_kind(manifest)}/scoring.json"
+    wanted = {"reference": reference_index, "k_avg": k_avg}
+    text = store.read_text(path)
+    if text is not None and manifest.committed(scores_kind(manifest)):
+        had = json.loads(text)
+        if had != wanted:
+            raise InputError(f"{store.url} was scored against {had['reference']} with k={had['k_avg']}; scoring it against {reference_index} "
+                             f"with k={k_avg} would mix the two: pass the same --reference and --k, or delete {store.url_of(scores_kind(manifest))} to rescore")
+        return
+    store.write_text(path, json.dumps(wanted, sort_keys=True))  # first scoring (or one that committed nothing yet)
 
 
 def unscored(store: ShardStore, manifest: Manifest) -> tuple[list[ShardRecord], int]:
