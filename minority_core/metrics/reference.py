@@ -188,19 +188,45 @@ class ReferenceSet:
         meta_path = f"{root}/meta.json"
         if not fs.exists(meta_path):
             raise MissingFileError(f"no reference set at {url} (meta.json missing): build and save one first")
-        meta = json.loads(fs.cat_file(meta_path))
+        try:
+            meta = json.loads(fs.cat_file(meta_path))
+            meta = meta if isinstance(meta, dict) else {}
+        except (ValueError, UnicodeDecodeError) as err:
+            raise InputError(f"{url}/meta.json is not valid JSON ({err}; truncated?): rebuild the reference set "
+                             "(`minority-synth build-reference --overwrite`)") from None
         old_exact = meta.get("version") == 1 and meta.get("index", {}).get("kind") == "exact"
         if meta.get("format") != REFERENCE_FORMAT or (meta.get("version") != REFERENCE_VERSION and not old_exact):
             raise InputError(
                 f"{url} holds format {meta.get('format')!r} version {meta.get('version')!r}, "
                 f"this code reads {REFERENCE_FORMAT!r} version {REFERENCE_VERSION}: rebuild the reference set"
             )
-        blobs = {name: _read_checked(fs, f"{root}/{name}", expect, url) for name, expect in meta["files"].items()}
-        arrays = {name: np.load(io.BytesIO(blobs.pop(f"{name}.npy")), allow_pickle=False) for name in _ARRAYS}
-        lists = np.load(io.BytesIO(blobs["lists.npy"]), allow_pickle=False) if "lists.npy" in blobs else None
+        try:
+            blobs = {name: _read_checked(fs, f"{root}/{name}", expect, url) for name, expect in meta["files"].items()}
+            arrays = {name: np.load(io.BytesIO(blobs.pop(f"{name}.npy")), allow_pickle=False) for name in _ARRAYS}
+            lists = np.load(io.BytesIO(blobs["lists.npy"]), allow_pickle=False) if "lists.npy" in blobs else None
+            k_lof, k_rarity = int(meta["k_lof"]), int(meta["k_rarity"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{url} is incomplete or unreadable ({type(err).__name__}: {err}): rebuild the reference set") from None
+        # Finite, consistent arrays (checked once here, a scan of each): a NaN lrd makes every LOF NaN.
+        n = len(arrays["features"])
+        k_min = max(k_lof, k_rarity, 1)
+        shapes = {"features": arrays["features"].ndim == 2 and n > k_min, "lrd": arrays["lrd"].shape == (n,),
+                  "knn_distances": arrays["knn_distances"].ndim == 2 and arrays["knn_distances"].shape[0] == n and arrays["knn_distances"].shape[1] >= k_min,
+                  "knn_indices": arrays["knn_indices"].shape == arrays["knn_distances"].shape and arrays["knn_indices"].dtype.kind in "iu"}
+        problems = [f"{name}.npy has shape {arrays[name].shape} ({arrays[name].dtype}), inconsistent with {n} rows and k={k_min}" for name, ok in shapes.items() if not ok]
+        if not problems:
+            for name in ("features", "knn_distances", "lrd"):
+                if arrays[name].dtype.kind != "f" or not np.isfinite(arrays[name]).all():
+                    problems.append(f"{name}.npy holds non-finite values (NaN or inf)")
+            if not (arrays["lrd"] > 0).all() or not (arrays["knn_distances"] >= 0).all():
+                problems.append("lrd.npy or knn_distances.npy holds negative values")
+            if ((arrays["knn_indices"] < 0) | (arrays["knn_indices"] >= n)).any():
+                problems.append(f"knn_indices.npy points outside the {n} rows")
+        if problems:
+            raise InputError(f"{problems[0]} in {url}: the reference set is corrupt; rebuild it (`minority-synth build-reference --overwrite`)")
         knn = KnnIndex.restore(arrays["features"], meta["index"], lists, device)
         dist = arrays["knn_distances"].astype(np.float64)
-        return cls(knn, dist, arrays["knn_indices"], arrays["lrd"], meta["k_lof"], meta["k_rarity"], meta.get("accuracy"))
+        return cls(knn, dist, arrays["knn_indices"], arrays["lrd"], k_lof, k_rarity, meta.get("accuracy"))
 
 
 def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
