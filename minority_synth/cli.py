@@ -280,7 +280,7 @@ def verify_cmd(run_url, repair, workers, storage_option):
     from minority_core.runs.scoring import open_run
     from minority_core.runs.verify import verify_run
 
-    store, manifest = open_run(normalise_out(run_url), _storage(storage_option))
+    store, manifest = open_run(normalise_out(run_url), _storage(storage_option), check=False)  # a record beyond the plan is one verify names
     result = verify_run(store, manifest, workers=workers, repair=repair)
     click.echo(json.dumps(result, indent=2))
     if result["bad"] and not result["repaired"]:
@@ -584,6 +584,65 @@ def compare(dataset, out, num_samples, shard_size, workers, seed, steps, classif
     for row in result["table"]:
         fields = ", ".join(f"{k} {_fmt(row.get(k))}" for k in ("rare_share", "avgknn_mean", "lof_mean", "confident_share", "fid", "seconds_per_sample") if k in row)
         click.echo(f"  {row['name']}: {fields}")
+
+
+def _numbers(option: str, text: str | None, kind=float) -> list | None:
+    """A comma-separated list of numbers (`0.5,1,2`); None when the option is not given."""
+    if text is None:
+        return None
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        try:
+            values.append(kind(item))
+        except ValueError:
+            raise InputError(f"{option}: {item!r} is not {'an integer' if kind is int else 'a number'}: give comma-separated values, e.g. {option} 0.5,1,2") from None
+    return values
+
+
+@main.command()
+@click.option("--model", required=True, help="the model to tune: bundled:digits, diffusers:PATH_OR_ID, adm:PATH, latent:PATH")
+@click.option("--reference", required=True, help="its reference set (build-reference's output), built from --reference-source when absent")
+@click.option("--reference-source", default=None, help="real images to build --reference from: bundled:digits, an image folder, or Parquet")
+@click.option("--out", default="runs/tune", show_default=True, help="OUT/arms/<arm>/ (one run per setting), OUT/tune.json, OUT/preset.yaml, OUT/report/tune.html")
+@click.option("--scales", default=None, help="w values to sweep, comma-separated; w = 0 (standard sampling) always runs as the baseline  [default: the preset's w × 0.25,0.5,1,2,4]")
+@click.option("--perturb-ratios", default=None, help="perturb_ratio values to sweep as well  [default: the preset's]")
+@click.option("--every", "every_values", default=None, help="every values to sweep as well  [default: the preset's]")
+@click.option("--stop-ratios", default=None, help="stop_ratio values to sweep as well  [default: the preset's]")
+@click.option("--max-precision-drop", type=float, default=0.05, show_default=True, help="largest precision loss allowed against standard sampling")
+@click.option("--max-confidence-drop", type=float, default=None, help="largest loss of the confident share allowed (models with a labelling classifier: bundled:digits)")
+@click.option("--rarity", type=click.Choice(["avgknn_mean", "lof_mean", "rarity_mean_in_support", "rare_share"]), default="avgknn_mean", show_default=True,
+              help="the rarity measure whose gain is maximised")
+@click.option("--write-dataset", type=click.Path(dir_okay=False), default=None, help="a dataset file of this model: its guidance keys are set to the chosen setting, the rest kept")
+@click.option("--num-samples", type=int, default=256, show_default=True, help="per arm (a pilot: small)")
+@click.option("--shard-size", type=int, default=64, show_default=True)
+@click.option("--steps", type=int, default=None, help="sampling steps  [default: the dataset file's, else the model's preset]")
+@click.option("--seed", type=int, default=0, show_default=True, help="the same seed (starting noise) in every arm")
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray actors per arm (0 = in this process)")
+@click.option("--extractor", default=None, help="feature extractor  [default: the model's preset]")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or mps")
+@storage_option
+@friendly_errors
+def tune(model, reference, reference_source, out, scales, perturb_ratios, every_values, stop_ratios, max_precision_drop, max_confidence_drop, rarity,
+         write_dataset, num_samples, shard_size, steps, seed, workers, extractor, device, storage_option):
+    """Pilot sweep over w (and optionally perturb_ratio, every, stop_ratio): each arm a resumable run,
+    scored; writes the setting with the largest rarity gain within the allowed quality loss."""
+    kwargs = dict(
+        scales=_numbers("--scales", scales), perturb_ratios=_numbers("--perturb-ratios", perturb_ratios), every=_numbers("--every", every_values, int),
+        stop_ratios=_numbers("--stop-ratios", stop_ratios), num_samples=num_samples, shard_size=shard_size, steps=steps, seed=seed, workers=workers,
+        extractor=extractor, reference_source=reference_source, max_precision_drop=max_precision_drop, max_confidence_drop=max_confidence_drop,
+        rarity=rarity, write_dataset=write_dataset, storage_options=_storage(storage_option), device=device,
+    )
+    args = (model, normalise_out(reference), normalise_out(out))
+    from flows.tune import plan_tune
+
+    plan_tune(*args, **kwargs)  # every check before Prefect starts: bad input is one line in seconds
+    if workers:
+        from tasks.ray_address import check_ray_address
+
+        check_ray_address(os.environ.get("RAY_ADDRESS"))
+    from flows.tune import tune as flow
+
+    click.echo(json.dumps(flow(*args, **kwargs), indent=2))
 
 
 @main.command("augment-eval")

@@ -71,3 +71,91 @@ def test_truncated_reference_meta_is_one_line_naming_it(saved_reference):
     with pytest.raises(InputError, match=r"meta\.json is not valid JSON .*rebuild the reference set") as err:
         ReferenceSet.load(str(folder))
     assert "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- runs
+
+RUN = dict(num_samples=16, shard_size=4, steps=6, every=2, guidance_scale=0.4, extractor="pixels", workers=0)
+
+
+def run_config(model_folder: str, out: str, **kw):
+    from minority_core.config import SynthesisConfig
+
+    return SynthesisConfig.from_options(model=f"diffusers:{model_folder}", out=out, **{**RUN, **kw})
+
+
+def synthesize(cfg) -> dict:
+    from flows.synthesize import synthesize as flow
+
+    return flow(cfg)
+
+
+def cli(*args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from minority_synth.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def shard_hashes(out: str) -> dict[str, str]:
+    from minority_core.io import ShardStore
+
+    return {key: r.sha256 for key, r in ShardStore(out).read_manifest().shards.items()}
+
+
+@pytest.fixture(scope="module")
+def clean_run(tiny_diffusers_model, tmp_path_factory, prefect_api) -> dict:
+    """One clean in-process run: what every damaged copy must come back to, byte for byte."""
+    out = str(tmp_path_factory.mktemp("clean") / "run")
+    summary = synthesize(run_config(tiny_diffusers_model, out))
+    assert summary["samples"] == 16 and summary["generated_shards"] == 4
+    return {"out": out, "hashes": shard_hashes(out), "model": tiny_diffusers_model}
+
+
+@pytest.fixture()
+def run_copy(clean_run, tmp_path):
+    """A copy of the clean run to damage."""
+    import shutil
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    shutil.copytree(clean_run["out"], out)
+    return Path(out)
+
+
+def edit_manifest(out, change) -> None:
+    path = out / "manifest.json"
+    data = json.loads(path.read_text())
+    change(data["shards"])
+    path.write_text(json.dumps(data))
+
+
+def test_a_copied_shard_under_a_new_index_is_refused_naming_it(clean_run, run_copy):
+    import shutil
+
+    from minority_core.errors import StorageError
+
+    samples = run_copy / "samples"
+    shutil.copy(samples / "shard-00003.parquet", samples / "shard-00004.parquet")
+    edit_manifest(run_copy, lambda shards: shards.update({"samples/00004": {**shards["samples/00003"], "index": 4, "path": "samples/shard-00004.parquet"}}))
+    code, output = cli("score", "--run", str(run_copy), "--reference", str(run_copy / "no-reference"), "--workers", "0")
+    assert code == 2 and "record samples/00004 is beyond the run's plan of 16 samples in 4 shards" in output and len(output.strip().splitlines()) == 1
+    with pytest.raises(StorageError, match="samples/00004 is beyond"):  # nor does a rerun count it: 20 samples before
+        synthesize(run_config(clean_run["model"], str(run_copy)))
+    code, output = cli("verify", "--run", str(run_copy), "--repair")
+    assert code == 0 and json.loads(output)["bad"][0]["shard"] == "samples/00004"
+    assert not (samples / "shard-00004.parquet").exists()
+    again = synthesize(run_config(clean_run["model"], str(run_copy)))
+    assert again["samples"] == 16 and again["generated_shards"] == 0 and shard_hashes(str(run_copy)) == clean_run["hashes"]
+
+
+def test_an_edited_row_count_is_refused_naming_the_record(clean_run, run_copy):
+    edit_manifest(run_copy, lambda shards: shards["samples/00002"].update(rows=3))
+    code, output = cli("filter", "--run", str(run_copy))
+    assert code == 2 and "record samples/00002 says 3 rows where the run's plan" in output and "has 4" in output
+    code, output = cli("verify", "--run", str(run_copy), "--repair")
+    assert code == 0 and [b["shard"] for b in json.loads(output)["bad"]] == ["samples/00002"]
+    again = synthesize(run_config(clean_run["model"], str(run_copy)))  # the forgotten shard is made again: 16, not 15
+    assert again["samples"] == 16 and again["generated_shards"] == 1 and shard_hashes(str(run_copy)) == clean_run["hashes"]

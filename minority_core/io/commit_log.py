@@ -43,8 +43,9 @@ def new_writer_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def read_run(store: ShardStore) -> Manifest | None:
-    """The run's manifest with every committed record, or None for a fresh output root."""
+def read_run(store: ShardStore, check: bool = True) -> Manifest | None:
+    """The run's manifest with every committed record, or None for a fresh output root. With
+    `check`, a record its plan cannot hold (`Manifest.plan_violations`) is one line naming it."""
     head = store.read_text(MANIFEST_NAME)
     if head is None:
         return None
@@ -63,6 +64,10 @@ def read_run(store: ShardStore) -> Manifest | None:
     for name, seq in loose_commits(store, after=manifest.log_seq):
         _apply(manifest, json.loads(store.read_text(name) or "{}"), store, name)
         manifest.log_seq = max(manifest.log_seq, seq)
+    if check and (bad := manifest.plan_violations()):
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise StorageError(f"{store.url}: manifest {bad[0][1]}{more}: run `minority-synth verify --run {store.url} --repair` to forget "
+                           "such records (the next synthesize regenerates their shards)")
     return manifest
 
 
@@ -106,7 +111,7 @@ def compact(store: ShardStore) -> int:
 def snapshot(store: ShardStore, manifest: Manifest) -> None:
     """Write the whole manifest (this writer's view merged with the stored log) as the snapshot,
     then remove the log it covers. O(records): for the end of a run, not for every commit."""
-    stored = read_run(store) if manifest.stored else None
+    stored = read_run(store, check=False) if manifest.stored else None
     if stored is not None:
         for key, record in stored.shards.items():  # what other writers committed meanwhile
             if key not in manifest.discarded:

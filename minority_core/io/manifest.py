@@ -181,6 +181,24 @@ class Manifest:
         """Committed records of `kind`, by index."""
         return sorted((r for r in self.shards.values() if r.kind == kind), key=lambda r: r.index)
 
+    def plan_violations(self) -> list[tuple[str, str]]:
+        """(key, problem) of every record the run's plan cannot hold: an index past its last shard
+        (a copied shard under a new index), or rows other than that shard's (an edited count).
+        Sample ids derive from (index, row), so within the plan they are unique. No I/O: the
+        plan is `num_samples` and `shard_size` of the config (a config without them is no run's)."""
+        n, size = self.config.get("num_samples"), self.config.get("shard_size")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n, size)):
+            return []
+        count = -(-n // size)
+        plan = f"the run's plan of {n} samples in {count} shards of {size}"
+        bad = []
+        for key, record in self.shards.items():
+            if record.index >= count:
+                bad.append((key, f"record {key} is beyond {plan}"))
+            elif record.rows != min(size, n - record.index * size):
+                bad.append((key, f"record {key} says {record.rows} rows where {plan} has {min(size, n - record.index * size)}"))
+        return sorted(bad)
+
     def to_json(self) -> str:
         """The snapshot: canonical JSON (sorted keys), written only when a run finishes."""
         data = {

@@ -317,10 +317,10 @@ class ShardStore:
 
     # ----- manifest
 
-    def read_manifest(self) -> Manifest | None:
+    def read_manifest(self, check: bool = True) -> Manifest | None:
         """The run's manifest with every committed record (snapshot + commit log), or None for a
-        fresh output root."""
-        return commit_log.read_run(self)
+        fresh output root; with `check`, refused in one line if a record is beyond its plan."""
+        return commit_log.read_run(self, check)
 
     def commit(self, manifest: Manifest, records: list[ShardRecord], discard: list[str] | tuple[str, ...] = ()) -> None:
         """Commit records to the run with one small write (≤ a few kB whatever the run's size),

@@ -21,10 +21,11 @@ from minority_core.runs.commit import ManifestCommitter
 from minority_core.runs.plan import remove_uncommitted
 
 
-def open_run(url: str, storage_options: dict) -> tuple[ShardStore, Manifest]:
-    """The store and manifest of a run that `synthesize` wrote; a clear error if there is none."""
+def open_run(url: str, storage_options: dict, check: bool = True) -> tuple[ShardStore, Manifest]:
+    """The store and manifest of a run that `synthesize` wrote; a clear error if there is none, or
+    (with `check`) if a record is beyond the run's plan (`verify` reads it unchecked to repair it)."""
     store = ShardStore(url, storage_options)
-    manifest = store.read_manifest()
+    manifest = store.read_manifest(check)
     if manifest is None:
         raise InputError(f"no run at {store.url}: no manifest.json (run `minority-synth synthesize` first)")
     return store, manifest

@@ -32,8 +32,9 @@ def verify_run(store: ShardStore, manifest: Manifest, workers: int = 4, repair: 
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 64:
         raise InputError(f"workers must be an integer in [1, 64], got {workers!r}")
     records = sorted(manifest.shards.values(), key=lambda r: (r.kind, r.index))
+    beyond = dict(manifest.plan_violations())  # records the plan cannot hold: bad whatever their bytes
     with ThreadPoolExecutor(max_workers=workers) as pool:  # map submits lazily enough: results are small
-        problems = list(pool.map(lambda r: check_record(store, r), records))
+        problems = list(pool.map(lambda r: beyond.get(r.key) or check_record(store, r), records))
     bad = [{"shard": r.key, "path": store.url_of(r.path), "problem": p} for r, p in zip(records, problems, strict=True) if p]
     for item in bad:
         logger.warning("%s: %s", item["shard"], item["problem"])
