@@ -25,7 +25,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 test: venv
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=30
 
 ui: venv
 	$(VENV)/bin/minority-synth server
