@@ -15,8 +15,6 @@ DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # The ephemeral Prefect API needs more than the default 20 s to start on a busy 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    # Local Ray on loopback: no token to distribute to workers.
-    "RAY_AUTH_MODE": "disabled",
     # The library's own log lines (a dataset's extractor fallback, scoring progress) reach the
     # flow run's log in the UI, not only the process's stderr.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "minority_core,minority_synth",

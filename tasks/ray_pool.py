@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from minority_core.errors import InputError, UserError
 from minority_core.runs.worker import ShardWorker
 from tasks.ray_address import accepts, check_ray_address, ray_endpoint
+from tasks.ray_private import start_private_ray
 
 ACTOR_MAX_RESTARTS = -1  # always restart: a budget per actor would let a long run die after a few crashes
 ACTOR_MAX_TASK_RETRIES = 4  # per call, so a shard that crashes its actor every time still fails in bounded time
@@ -59,14 +60,14 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = address or os.environ.get("RAY_ADDRESS") or None
     check_ray_address(address)
     kwargs = dict(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    if address is None:
-        kwargs["num_cpus"] = num_cpus or os.cpu_count()
-    try:  # "local": a new local instance even where `ray start` runs on this machine; joining a cluster takes --ray-address
-        ray.init(address=address or "local", **kwargs)
+    if address is None:  # a new local instance even where `ray start` runs on this machine; joining a cluster takes --ray-address
+        start_private_ray(num_cpus=num_cpus or os.cpu_count(), **kwargs)  # loopback only, token auth (tasks/ray_private.py)
+        return
+    try:
+        ray.init(address=address, **kwargs)
     except ConnectionError as exc:
         raise InputError(f"could not connect to the Ray cluster at {address!r}: {str(exc).splitlines()[0]}") from None
 

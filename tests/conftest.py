@@ -82,10 +82,13 @@ def prefect_api():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """Local Ray started once per session from the main thread (2 CPUs, as on CI)."""
+    """Local Ray started once per session from the main thread (2 CPUs, as on CI), the product's
+    way (loopback only, token auth: tasks/ray_private.py)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    from tasks.ray_pool import ensure_ray
+
+    ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
