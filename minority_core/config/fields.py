@@ -50,7 +50,7 @@ class Knob:
         inner = _strip_optional(self.annotation)
         if typing.get_origin(inner) is tuple:
             inner = typing.get_args(inner)[0]
-        if _literal(inner):
+        if _literal(inner) or str in typing.get_args(inner):  # a union with text (steps: 250 or "ddim50") is read as text
             return str
         return inner if inner in (int, float, str, bool) else None
 

@@ -12,6 +12,7 @@ from typing import Literal
 from minority_core.config.fields import knob
 from minority_core.config.guidance import MinorityGuidance
 from minority_core.errors import InputError
+from minority_core.respacing import normalize_steps, step_count
 
 Sampler = Literal["ancestral", "ddim"]
 Method = Literal["standard", "self-guided", "boost-and-skip", "minority-classifier"]
@@ -29,7 +30,7 @@ class SamplerConfig:
 
     method: Method = knob("self-guided", help="self-guided (this product), standard, or a baseline: boost-and-skip, minority-classifier")
     sampler: Sampler = knob("ancestral", help="ancestral (DDPM) or ddim")
-    steps: int = knob(250, help="sampling steps on the respaced grid")
+    steps: int | str = knob(250, help="sampling steps on the respaced grid: a count, ddimN (an integer stride giving exactly N) or section counts a,b,c (guided-diffusion's forms)")
     eta: float = knob(0.0, help="DDIM η (0 = deterministic)")
     guidance: MinorityGuidance | None = None  # None = no self-guidance (its knobs are MinorityGuidance's)
     batch_size: int = knob(256, help="images sampled at once per worker")
@@ -67,8 +68,9 @@ class SamplerConfig:
             raise InputError("method 'minority-classifier' needs a trained level classifier: pass --classifier DIR (see `train_minority_classifier`)")
         if self.sampler not in ("ancestral", "ddim"):
             raise InputError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
-        if not isinstance(self.steps, int) or self.steps < 2:
-            raise InputError(f"steps must be an integer ≥ 2, got {self.steps!r}")
+        object.__setattr__(self, "steps", normalize_steps(self.steps))
+        if step_count(self.steps) < 2:
+            raise InputError(f"steps must keep at least 2 steps (a count ≥ 2, ddimN with N ≥ 2, or sections a,b,c), got {self.steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InputError(f"batch_size must be an integer ≥ 1, got {self.batch_size!r}")
         if not 0.0 <= float(self.eta) <= 1.0:

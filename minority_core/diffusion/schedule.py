@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from minority_core.errors import InputError
+from minority_core.respacing import space_timesteps
 
 FixedVariance = Literal["fixed_small", "fixed_large"]
 
@@ -75,21 +76,21 @@ class NoiseSchedule:
         ]
         return cls(np.array(betas, dtype=np.float64), **kwargs)
 
-    def respace(self, steps: int) -> NoiseSchedule:
-        """An evenly spaced sub-grid of `steps` steps with the β' that keep ᾱ on the kept steps.
+    def respace(self, steps: int | str) -> NoiseSchedule:
+        """The sub-grid a step spec keeps, with the β' that keep ᾱ on the kept steps.
 
-        Same grid as improved-DDPM's `space_timesteps(T, [steps])`: indices round(k·(T−1)/(steps−1)).
+        The kept timesteps are guided-diffusion's `space_timesteps(T, steps)` for a count, a
+        `"ddimN"` or a multi-section `"a,b,c"` spec (`minority_core.respacing`). A 1-step grid
+        keeps this grid's β̃_1 for its index 0, as it has no index 1 of its own.
         """
         total = len(self.betas)
-        if not isinstance(steps, (int, np.integer)) or steps < 2 or steps > total:
-            raise InputError(f"steps must be an integer in [2, {total}] for this {total}-step schedule, got {steps!r}")
-        if steps == total:
+        keep = space_timesteps(total, steps)
+        if len(keep) == total:
             return self
-        stride = (total - 1) / (steps - 1)
-        keep = sorted({round(k * stride) for k in range(steps)})
         kept_alphas = self.alphas_cumprod[keep]
         previous = np.concatenate([[1.0], kept_alphas[:-1]])
-        return NoiseSchedule(1.0 - kept_alphas / previous, self.timesteps[keep], self.fixed_variance)
+        beta_tilde_1 = self._beta_tilde_1() if len(keep) == 1 else None
+        return NoiseSchedule(1.0 - kept_alphas / previous, self.timesteps[keep], self.fixed_variance, beta_tilde_1)
 
     def truncate(self, n: int) -> NoiseSchedule:
         """The first n indices of this grid (0 … n−1), with their ᾱ, timesteps and variances.
