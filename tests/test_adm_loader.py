@@ -316,3 +316,44 @@ def test_super_res_on_a_preset_without_small_size_names_the_fix(tmp_path) -> Non
         load_model("adm:" + path, preset="celeba64", super_res=True, **TINY)
     loaded = load_model("adm:" + path, preset="celeba64", super_res=True, small_size=4, **TINY)
     assert loaded.shape == (3, 16, 16)
+
+
+# --------------------------------------------------------------------------- fixed variance
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [({"learn_sigma": False}, "fixed_large"), ({"learn_sigma": False, "sigma_small": True}, "fixed_small"), ({"learn_sigma": True}, "fixed_small")],
+)
+def test_fixed_variance_follows_the_checkpoint_flags(tmp_path, flags, expected) -> None:
+    """guided-diffusion: learn_sigma=False samples with β_t (β̃_1 at index 0) unless sigma_small."""
+    path = save_random(tmp_path / "m.pt", "celeba64", **TINY, learn_sigma=flags["learn_sigma"])
+    loaded = load_model("adm:" + path, preset="celeba64", **TINY, **flags)
+    assert loaded.schedule.fixed_variance == expected
+    grid = loaded.schedule.respace(25)
+    abar = NoiseSchedule.cosine(1000).alphas_cumprod[grid.timesteps]  # the formula, from the kept ᾱ
+    beta = 1 - abar / np.concatenate([[1.0], abar[:-1]])
+    tilde = beta[1:] * (1 - abar[:-1]) / (1 - abar[1:])  # β̃ at indices 1 … 24
+    want = np.log(np.concatenate([[tilde[0]], beta[1:] if expected == "fixed_large" else tilde]))
+    np.testing.assert_allclose([grid.fixed_log_variance(i) for i in range(25)], want, rtol=1e-10)
+
+
+def test_fixed_large_sampling_by_hand(tmp_path) -> None:
+    """A learn_sigma=False ADM's ancestral step adds √β_t·z: two steps recomputed from the formula."""
+    path = save_random(tmp_path / "m.pt", "celeba64", **TINY, learn_sigma=False)
+    loaded = load_model("adm:" + path, preset="celeba64", **TINY, learn_sigma=False)
+    grid = loaded.schedule.respace(2)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    got = ancestral_sample(loaded.model, x, grid, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    abar = NoiseSchedule.cosine(1000).alphas_cumprod[grid.timesteps]
+    state = x.double()
+    for i in (1, 0):
+        with torch.no_grad():
+            eps = loaded.model(state.float(), torch.full((2,), int(grid.timesteps[i]))).double()
+        x0 = ((state - (1 - abar[i]) ** 0.5 * eps) / abar[i] ** 0.5).clamp(-1, 1)
+        prev = abar[i - 1] if i else 1.0
+        beta = 1 - abar[i] / prev
+        mean = beta * prev**0.5 / (1 - abar[i]) * x0 + (1 - prev) * (1 - beta) ** 0.5 / (1 - abar[i]) * state
+        state = mean + beta**0.5 * torch.randn(x.shape, generator=g).double() if i else mean
+    torch.testing.assert_close(got.double(), state, atol=1e-4, rtol=1e-4)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from minority_core.diffusion.schedule import NoiseSchedule
+from minority_core.diffusion.schedule import FixedVariance, NoiseSchedule
 from minority_core.errors import InputError, MissingFileError
 from minority_core.models import LoadedModel
 from minority_core.models.adm import ADM_PRESETS, ADMSuperResUNet, ADMUNet, _arch, build_adm, load_adm_state_dict
@@ -30,8 +30,9 @@ __all__ = [
     "load_adm",
 ]
 
-# Diffusion-side flags (the rest are architecture flags, passed to build_adm).
-DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule", "small_size")
+# Diffusion-side flags (the rest are architecture flags, passed to build_adm). sigma_small is
+# guided-diffusion's: a learn_sigma=False model samples with fixed-large variance (β_t) unless it is set.
+DIFFUSION_FLAGS = ("diffusion_steps", "noise_schedule", "small_size", "sigma_small")
 # Without a preset these must be given: guided-diffusion's defaults for them fit none of the
 # published checkpoints, and a wrong schedule would load cleanly and only show in the samples.
 REQUIRED_WITHOUT_PRESET = ("image_size", "num_channels", "num_res_blocks", "attention_resolutions", "noise_schedule")
@@ -87,7 +88,8 @@ def load_adm(
     if not Path(path).is_file():
         raise MissingFileError(f"ADM checkpoint not found: {path}")
     unet_flags, diffusion = _resolve_flags(preset, flags, torch.device(device))
-    schedule = _schedule(diffusion["noise_schedule"], int(diffusion["diffusion_steps"]))  # fail before the load
+    variance = fixed_variance(bool(unet_flags["learn_sigma"]), bool(diffusion.get("sigma_small")))
+    schedule = _schedule(diffusion["noise_schedule"], int(diffusion["diffusion_steps"]), variance)  # fail before the load
     net = _build_on_device(unet_flags, torch.device(device))
     _load_weights(net, path)
     net.eval().requires_grad_(False)  # guidance differentiates w.r.t. x only
@@ -105,7 +107,7 @@ def load_adm(
 
 
 # How each flag's text (`--adm-flag key=value`, guided-diffusion's MODEL_FLAGS spelling) is read.
-_BOOL_FLAGS = ("learn_sigma", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "use_fp16", "super_res")
+_BOOL_FLAGS = ("learn_sigma", "sigma_small", "use_scale_shift_norm", "resblock_updown", "use_new_attention_order", "use_fp16", "super_res")
 _INT_FLAGS = ("image_size", "num_channels", "num_res_blocks", "num_heads", "num_head_channels", "num_heads_upsample", "num_classes",
               "diffusion_steps", "small_size")
 _FLOAT_FLAGS = ("dropout",)
@@ -178,7 +180,7 @@ def _resolve_flags(preset: str | None, flags: dict[str, Any], device: torch.devi
             raise InputError(
                 f"adm: models need a preset ({', '.join(ADM_PRESETS)}) or explicit architecture flags; missing: {', '.join(missing)}"
             )
-        base_unet, base_diffusion = defaults, {"diffusion_steps": 1000, "small_size": None}
+        base_unet, base_diffusion = defaults, {"diffusion_steps": 1000, "small_size": None, "sigma_small": False}
     elif preset not in ADM_PRESETS:
         raise InputError(f"unknown ADM preset {preset!r}; valid: {', '.join(ADM_PRESETS)}")
     else:
@@ -212,12 +214,18 @@ def _load_weights(net: nn.Module, path: str) -> None:
         raise InputError(f"{path}: not a readable weights-only ADM checkpoint ({first})") from err
 
 
-def _schedule(noise_schedule: str, steps: int) -> NoiseSchedule:
-    """The training schedule (fixed_variance is unused: every ADM preset learns Σ)."""
+def fixed_variance(learn_sigma: bool, sigma_small: bool = False) -> FixedVariance:
+    """guided-diffusion's `create_gaussian_diffusion` choice: a model that learns Σ uses its own
+    (the fixed one is then unused); otherwise β̃_t with sigma_small, else β_t (fixed-large, its default)."""
+    return "fixed_small" if learn_sigma or sigma_small else "fixed_large"
+
+
+def _schedule(noise_schedule: str, steps: int, variance: FixedVariance = "fixed_small") -> NoiseSchedule:
+    """The training schedule, with the fixed variance a learn_sigma=False model samples with."""
     if noise_schedule == "linear":
-        return NoiseSchedule.linear(steps)
+        return NoiseSchedule.linear(steps, fixed_variance=variance)
     if noise_schedule == "cosine":
-        return NoiseSchedule.cosine(steps)
+        return NoiseSchedule.cosine(steps, fixed_variance=variance)
     raise InputError(f"unknown noise_schedule {noise_schedule!r}: use linear or cosine")
 
 
