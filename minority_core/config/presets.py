@@ -51,9 +51,10 @@ BY_SPEC = {"bundled:digits": DIGITS}
 
 # Um & Ye's settings for the guided-diffusion checkpoints (sg-minority's scripts): LPIPS, s = 0.8·T,
 # 250 respaced steps; CelebA-64 and LSUN-Bedrooms-256 w 0.4 every 5, ImageNet-64 w 0.2 every 2.
+# Boost-and-Skip (the BnS scripts): γ = 4.0 for CelebA-64 / LSUN, 2.5 for ImageNet-64, Δt = 3.
 # imagenet64to256 guides its 64 px stage as imagenet64 and runs the upsampler unguided.
-_CELEBA = replace(GENERIC, sampler=replace(GENERIC.sampler, steps=250, guidance=MinorityGuidance(scale=0.4, distance="lpips")))
-_IMAGENET64 = replace(_CELEBA, sampler=replace(_CELEBA.sampler, guidance=MinorityGuidance(scale=0.2, every=2, distance="lpips")))
+_CELEBA = replace(GENERIC, sampler=replace(GENERIC.sampler, steps=250, guidance=MinorityGuidance(scale=0.4, distance="lpips"), gamma=4.0))
+_IMAGENET64 = replace(_CELEBA, sampler=replace(_CELEBA.sampler, guidance=MinorityGuidance(scale=0.2, every=2, distance="lpips"), gamma=2.5))
 ADM_PRESETS = {"celeba64": _CELEBA, "lsun256": _CELEBA, "imagenet64": _IMAGENET64, "imagenet64to256": _IMAGENET64}
 
 SAMPLER_KEYS = tuple(f.name for f in dataclasses.fields(SamplerConfig))
