@@ -6,9 +6,10 @@ The predecessor of the self-guided method (docs/DESIGN.md §1): it needs a class
 1. `minority_scores`: per *real* sample x0, l(x0) = E_ε d(x0, x̂0(x_s)), x_s = √ᾱ_s x0 + √(1−ᾱ_s) ε,
    at grid index s = 60 of a 100-step respaced grid (≈ 0.6 T), averaged over 5 draws of ε — the
    authors' `construct_ms_dataset.py` (`timestep_respacing="100"`, `perturb_t=60`, `n_iter=5`).
-   Like theirs, x̂0 is clipped to [−1, 1] (their `p_mean_variance` default). They use LPIPS-VGG;
-   we offer `"lpips"` (LPIPS-AlexNet, `minority_core.diffusion.lpips`) and `"l2"` (unsquared
-   per-sample norm, no weights needed; the default, as for `MinorityGuidance`).
+   Like theirs, x̂0 is clipped to [−1, 1] (their `p_mean_variance` default). They use LPIPS-VGG:
+   `"lpips-vgg"`; also `"lpips"` (LPIPS-AlexNet) and `"l2"` (unsquared per-sample norm, no weights
+   needed; the default, since the LPIPS files may be absent). LPIPS weights come from disk
+   (`minority_core.lpips_files`), or pass a loaded `load_lpips(net="vgg", backbone=..., heads=...)`.
 2. `quantile_levels`: L quantile bins, thresholds q_j = quantile(l, (j+1)/L), label j for
    q_{j−1} < l ≤ q_j (their labelling loop); level L−1 holds the highest scores.
 3. `LevelClassifier` + `train_level_classifier`: a noise-conditional classifier p(level | x_t, t)
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minority_core.diffusion.guidance import l2_distance
+from minority_core.diffusion.guidance import Distance, l2_distance
 from minority_core.diffusion.model_api import DenoisingModel, call_model, model_device
 from minority_core.diffusion.noise import draw_noise
 from minority_core.diffusion.schedule import NoiseSchedule
@@ -70,7 +71,7 @@ def minority_scores(
     steps: int = SCORE_STEPS,
     perturb_index: int = SCORE_PERTURB_INDEX,
     draws: int = SCORE_DRAWS,
-    distance: Literal["l2", "lpips"] = "l2",
+    distance: Literal["l2", "lpips", "lpips-vgg"] | Distance = "l2",
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     class_labels: torch.Tensor | None = None,
@@ -82,8 +83,8 @@ def minority_scores(
     Per batch, the ε draws are taken in order draw 1 … draws, each of the batch's shape, from
     `generator` (noise drawn on the generator's device), so a seed fixes the scores.
     """
-    if distance not in ("l2", "lpips"):
-        raise InputError(f"distance must be 'l2' or 'lpips', got {distance!r}")
+    if not callable(distance) and distance not in ("l2", "lpips", "lpips-vgg"):
+        raise InputError(f"distance must be 'l2', 'lpips' (AlexNet), 'lpips-vgg' or a distance function, got {distance!r}")
     if not _is_int(draws) or draws < 1:
         raise InputError(f"draws must be an integer ≥ 1, got {draws!r}")
     if not _is_int(batch_size) or batch_size < 1:
@@ -97,12 +98,14 @@ def minority_scores(
         raise InputError(f"images must be a float batch (N, C, ...) in [-1, 1], got {images.dtype} shape {tuple(images.shape)}")
     if class_labels is not None and class_labels.shape != (images.shape[0],):
         raise InputError(f"class_labels must have shape ({images.shape[0]},), got {tuple(class_labels.shape)}")
-    if distance == "l2":
+    if callable(distance):
+        dist = distance
+    elif distance == "l2":
         dist = l2_distance
     else:
         from minority_core.diffusion.lpips import load_lpips
 
-        dist = load_lpips(device)
+        dist = load_lpips(device, "vgg" if distance == "lpips-vgg" else "alex")
 
     scores = []
     with torch.no_grad():
