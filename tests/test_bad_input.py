@@ -130,6 +130,14 @@ CASES = {
     ),
     "model: pickle minority classifier": (raises_case(lambda t: _pickled_level_classifier(t), ""), "does not load as this classifier's safetensors weights"),
     "model: beta_end 2": (raises_case(lambda t: _edited_scheduler(t, beta_end=2.0), ""), "beta_end 2.0 must satisfy"),
+    "model: scheduler config not JSON": (raises_case(lambda t: _edited_scheduler(t, text="{nope"), ""), "scheduler_config.json is not valid JSON"),
+    "model: num_train_timesteps many": (raises_case(lambda t: _edited_scheduler(t, num_train_timesteps="many"), ""),
+                                        "num_train_timesteps is 'many', expected a whole number"),
+    "model: sample_size not what the weights were trained at": (raises_case(lambda t: _edited_unet_config(t, sample_size=64), ""),
+                                                                "sample_size 64, but its weights are the bundled model's, trained at 8×8"),
+    "model: sample_size the UNet cannot halve": (raises_case(lambda t: _edited_unet_config(t, sample_size=6), ""), "sample_size 6 is not divisible by 4"),
+    "cli: class label on an unconditional model": (cli_case(["sample", "--class-label", "1", "--num-samples", "2", "--out", "{tmp}/o"], ""),
+                                                   "bundled:digits is unconditional"),
     "model: ADM wrong image size": (
         raises_case(lambda t: __import__("minority_core.models", fromlist=["load_model"]).load_model(f"adm:{tiny_adm(t, 16)}", preset="celeba64", num_channels=32, num_head_channels=32, image_size=32), ""),
         "image_size",
@@ -141,6 +149,8 @@ CASES = {
     # --- feature files
     "features: NaN": (raises_case(lambda t: __import__("minority_core.io", fromlist=["x"]).features_table(["a"], np.array([[np.nan, 1.0]])), ""), "NaN or inf"),
     "features: corrupt shard": (raises_case(lambda t: _corrupt_features(t), ""), "sha256"),
+    "features: corrupt reference index lists": (raises_case(lambda t: _corrupt_reference(t, "lists.npy"), ""), "lists.npy in"),
+    "features: corrupt reference meta": (raises_case(lambda t: _corrupt_reference(t, "meta.json"), ""), "meta.json"),
     "features: missing reference set": (raises_case(lambda t: __import__("minority_core.metrics", fromlist=["x"]).ReferenceSet.load(str(t / "none")), ""), "none"),
     # --- metric parameters
     "metric: k ≥ N": (raises_case(lambda t: reference(n=5), ""), "k"),
@@ -176,7 +186,16 @@ def _pickled_level_classifier(tmp: Path):
     return load_level_classifier(folder)
 
 
-def _edited_scheduler(tmp: Path, **changes):
+def _edited_scheduler(tmp: Path, text: str | None = None, **changes):
+    return _edited_bundled_copy(tmp, "scheduler/scheduler_config.json", text, changes)
+
+
+def _edited_unet_config(tmp: Path, **changes):
+    return _edited_bundled_copy(tmp, "unet/config.json", None, changes)
+
+
+def _edited_bundled_copy(tmp: Path, name: str, text: str | None, changes: dict):
+    """A copy of bundled:digits with one JSON file edited (or replaced by `text`), loaded."""
     import json
     import shutil
 
@@ -184,9 +203,22 @@ def _edited_scheduler(tmp: Path, **changes):
 
     folder = tmp / "m"
     shutil.copytree(BUNDLED_DIR / "digits", folder)
-    path = folder / "scheduler" / "scheduler_config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+    path = folder / name
+    path.write_text(text if text is not None else json.dumps({**json.loads(path.read_text()), **changes}))
     return load_model(f"diffusers:{folder}")
+
+
+def _corrupt_reference(tmp: Path, name: str):
+    """A saved IVF reference set with one byte of `name` flipped, loaded."""
+    from minority_core.metrics import ReferenceSet
+
+    features = np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32)
+    ReferenceSet.build(features, k_lof=5, k_rarity=3, index="ivf").save(str(tmp / "ref"))
+    path = tmp / "ref" / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return ReferenceSet.load(str(tmp / "ref"))
 
 
 def _load_classifier(path: Path):

@@ -7,6 +7,7 @@ noise schedule comes from the accompanying `DDPMScheduler` config.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -48,11 +49,23 @@ class DiffusersUNet(nn.Module):
         return torch.cat([eps, out[:, channels:]], dim=1)
 
 
+def _number(config: dict, key: str, default: float, kind: type = float) -> float:
+    """config[key] as `kind`, or one line naming the key: `int("many")` would be a bare ValueError."""
+    value = config.get(key, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        ok = ok and float(value).is_integer() and value >= 1
+    if not ok:
+        want = "a whole number ≥ 1 (DDPM's is 1000)" if kind is int else "a finite number"
+        raise InputError(f"scheduler config: {key} is {value!r}, expected {want}: fix scheduler_config.json")
+    return kind(value)
+
+
 def schedule_from_scheduler_config(config: dict) -> NoiseSchedule:
     """NoiseSchedule from a diffusers DDPMScheduler config dict."""
-    steps = int(config.get("num_train_timesteps", 1000))
+    steps = _number(config, "num_train_timesteps", 1000, int)
     kind = config.get("beta_schedule", "linear")
-    start, end = float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02))
+    start, end = _number(config, "beta_start", 1e-4), _number(config, "beta_end", 0.02)
     if not 0 < start <= end < 1:  # checked whatever the schedule: a nonsense value means a broken or edited config
         raise InputError(f"scheduler config: beta_start {start} and beta_end {end} must satisfy 0 < beta_start ≤ beta_end < 1 "
                          "(DDPM's are 1e-4 and 0.02): fix scheduler_config.json")
@@ -75,8 +88,68 @@ def schedule_from_scheduler_config(config: dict) -> NoiseSchedule:
 def _find_scheduler_config(folder: Path) -> dict | None:
     for candidate in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json", folder.parent / "scheduler" / "scheduler_config.json"):
         if candidate.is_file():
-            return json.loads(candidate.read_text())
+            try:
+                config = json.loads(candidate.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise InputError(f"{candidate} is not valid JSON ({str(exc).splitlines()[0]}): restore it (DDPMScheduler.save_pretrained writes it)") from None
+            if not isinstance(config, dict):
+                raise InputError(f"{candidate} must hold a JSON object (a DDPMScheduler config), got {type(config).__name__}")
+            return config
     return None
+
+
+BUNDLED = Path(__file__).resolve().parent / "bundled"
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def check_sample_size(cfg, folder: Path) -> tuple[int, int]:
+    """(height, width) the sampler will draw, refused in one line before any sampling when it
+    cannot be what the weights were made for.
+
+    A UNet2DModel is fully convolutional: its weights carry no image size, and it runs at any
+    size, so a wrong `sample_size` in config.json silently samples garbage at that size. Two
+    signals are real and cheap: (1) the size must survive the UNet's downsamplings (each halves
+    it; a size they do not divide fails only mid-sampling, in a skip connection); (2) weights
+    that are byte for byte a bundled model's were trained at that model's size (the case an
+    edited copy of bundled:digits makes). A third-party checkpoint relabelled at another size
+    that its blocks divide is not detectable from the folder."""
+    raw = cfg.sample_size
+    size = (raw, raw) if isinstance(raw, int) and not isinstance(raw, bool) else tuple(raw) if isinstance(raw, (list, tuple)) else None
+    if size is None or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size):
+        raise InputError(f"diffusers UNet config: sample_size is {raw!r}, expected a whole number ≥ 1 (or [height, width]): fix config.json")
+    factor = 2 ** (len(cfg.down_block_types) - 1)  # every down block but the last halves the image
+    if any(v % factor for v in size):
+        raise InputError(f"diffusers UNet config: sample_size {raw} is not divisible by {factor} ({len(cfg.down_block_types)} down blocks, "
+                         "each but the last halving the image): fix sample_size in config.json to the size the model was trained at")
+    trained = _bundled_size_of(folder)
+    if trained is not None and trained[:2] != size:
+        raise InputError(f"diffusers UNet config says sample_size {raw}, but its weights are the bundled model's, trained at {trained[0]}×{trained[1]}: "
+                         f"set sample_size to {trained[0]} in config.json (or use bundled:{trained[2]})")
+    return size
+
+
+def _bundled_size_of(folder: Path) -> tuple[int, int, str] | None:
+    """(height, width, name) of the bundled model whose UNet weights these are byte for byte, if any
+    (files of another size are never read)."""
+    if not folder.is_dir():
+        return None
+    mine = next((p for p in (folder / "unet" / WEIGHTS, folder / WEIGHTS) if p.is_file()), None)
+    if mine is None or BUNDLED in mine.resolve().parents:
+        return None
+    for weights in BUNDLED.glob(f"*/unet/{WEIGHTS}"):
+        if weights.stat().st_size == mine.stat().st_size and _sha256(weights) == _sha256(mine):
+            raw = json.loads((weights.parent / "config.json").read_text())["sample_size"]
+            h, w = (raw, raw) if isinstance(raw, int) else raw
+            return h, w, weights.parents[1].name
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_diffusers_unet(path_or_id: str, device: torch.device | str = "cpu"):
@@ -110,7 +183,6 @@ def load_diffusers_unet(path_or_id: str, device: torch.device | str = "cpu"):
     schedule = schedule_from_scheduler_config(scheduler_config)
     model = DiffusersUNet(unet, schedule, scheduler_config.get("prediction_type", "epsilon")).to(device).eval()
     cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)
-    height, width = (size, size) if isinstance(size, int) else size
+    height, width = check_sample_size(cfg, Path(path_or_id).expanduser())
     num_classes = cfg.num_class_embeds if getattr(cfg, "class_embed_type", None) is None and cfg.num_class_embeds else None
     return model, schedule, (cfg.in_channels, height, width), num_classes
