@@ -105,15 +105,12 @@ def config_from_cli(options: dict, prompts_file: str | None = None, storage_opti
     """The SynthesisConfig of a command's generated options: repeated options as lists (empty =
     not given), `--prompts-file` read, local `--out` made absolute, credentials put in the
     environment of this process only."""
-    from minority_core.config import SynthesisConfig, parse_storage_options
-    from minority_core.config.storage import export_secret_options
+    from minority_core.config import SynthesisConfig
 
     given = {k: (list(v) or None) if isinstance(v, tuple) else v for k, v in options.items()}
     given["prompts"] = read_prompts(given.get("prompts"), prompts_file)
     given["out"] = normalise_out(given["out"])
-    plain, secret = parse_storage_options(storage_option)
-    _storage_block()
-    export_secret_options(secret)
+    plain = _storage(storage_option)
     return SynthesisConfig.from_options(**given, storage_options=plain or None)
 
 
@@ -138,7 +135,25 @@ def read_prompts(prompt: list[str] | None, prompts_file: str | None) -> list[str
 
 
 prompts_file_option = click.option("--prompts-file", type=click.Path(dir_okay=False), default=None, help="latent: models: prompts, one per line (UTF-8; blank lines skipped)")
-storage_option = click.option("--storage-option", "storage_option", multiple=True, help="key=value for fsspec (repeatable); credentials stay out of Prefect")
+def storage_option(fn):
+    """A command's storage options: `--storage-option` for plain ones (argv is public: credentials
+    are refused there) and `--storage-options-file` for credentials (docs/DESIGN.md §9)."""
+    fn = click.option("--storage-options-file", type=click.Path(dir_okay=False), default=None, expose_value=False, callback=_keep_options_file,
+                      help="JSON file of fsspec options with credentials, chmod 600; read here, handed to the workers only  "
+                           "[default: $MINORITY_STORAGE_OPTIONS_FILE]")(fn)
+    return click.option("--storage-option", "storage_option", multiple=True,
+                        help="key=value fsspec option that is no credential (repeatable); credentials go in --storage-options-file")(fn)
+
+
+def _keep_options_file(ctx, param, path: str | None) -> None:
+    """The file's options, kept in this process's memory (never a flow parameter, never the environment)."""
+    from minority_core.config.storage import keep_secret_options, read_options_file
+
+    if path:
+        try:
+            keep_secret_options(read_options_file(path))
+        except InputError as exc:
+            raise CliError(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -242,7 +257,7 @@ def _fmt(value) -> str:
 @click.option("--extractor", default="demo-classifier", show_default=True)
 @click.option("--index", type=click.Choice(["auto", "exact", "ivf"]), default="auto", show_default=True, help="kNN index: exact scans all; ivf prunes lists and is certified exact per query")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--storage-option", "storage_option", multiple=True)
+@storage_option
 @friendly_errors
 def build_reference_cmd(source, reference, extractor, index, device, storage_option):
     """Features of real data + precomputed kNN radii and LOF densities, saved once."""
@@ -258,7 +273,7 @@ def build_reference_cmd(source, reference, extractor, index, device, storage_opt
 @click.option("--k", "k_avg", type=int, default=5, show_default=True, help="k of AvgkNN")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Ray actors that score shards in parallel, each loading the reference set once; 0 = in-process  [default: 2; 0 for memory://]")
-@click.option("--storage-option", "storage_option", multiple=True)
+@storage_option
 @friendly_errors
 def score_cmd(run_url, reference, k_avg, workers, storage_option):
     """AvgkNN, LOF and Rarity of every sample of a run (resumes: scored shards are skipped)."""
@@ -297,7 +312,7 @@ def verify_cmd(run_url, repair, workers, storage_option):
 @click.option("--in-support", is_flag=True, help="only samples inside the reference's support (most of the rarest are outside it)")
 @click.option("--min-confidence", type=float, default=None,
               help="only samples the run's extractor classifies with max softmax ≥ this (demo-classifier runs)")
-@click.option("--storage-option", "storage_option", multiple=True)
+@storage_option
 @friendly_errors
 def filter_cmd(run_url, metric, top_q, threshold, name, per_prompt, in_support, min_confidence, storage_option):
     """Select the rarest samples: writes selections/<name>/shard-00000.parquet (run, ids, scores).
@@ -339,7 +354,7 @@ def export_cmd(runs, selection, out, fmt, storage_option):
 @click.option("--reference", required=True)
 @click.option("--out", required=True, help="where report/index.html goes")
 @click.option("--title", default="minority-synth report", show_default=True)
-@click.option("--storage-option", "storage_option", multiple=True)
+@storage_option
 @friendly_errors
 def report_cmd(runs, reference, out, title, storage_option):
     """One self-contained HTML report comparing runs, plus Prefect artifacts (with a server configured)."""
@@ -358,13 +373,16 @@ def doctor():
 
 
 def _storage(pairs: tuple[str, ...]) -> dict:
-    """Plain options for flow parameters; credentials go to the environment for this process only."""
-    from minority_core.config import parse_storage_options
-    from minority_core.config.storage import export_secret_options
+    """Plain options for flow parameters; credentials (a block's, $MINORITY_STORAGE_OPTIONS) are
+    kept in this process's memory, out of the environment the Prefect server and Ray inherit, and
+    every source is read now, so a bad one is one line before any work."""
+    from minority_core.config import parse_storage_options, resolve_storage_options
+    from minority_core.config.storage import adopt_environment_secrets
 
-    plain, secret = parse_storage_options(pairs)
+    plain = parse_storage_options(pairs)
     _storage_block()
-    export_secret_options(secret)
+    adopt_environment_secrets()
+    resolve_storage_options(plain)
     return plain
 
 

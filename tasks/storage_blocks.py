@@ -3,15 +3,15 @@
 A team keeps its S3 keys in a block (the UI's Blocks page, encrypted at rest) instead of in every
 worker's environment. `$MINORITY_STORAGE_BLOCK` (or `--storage-block`) names it as
 `<type slug>/<name>` (`aws-credentials/prod`, `s3-bucket/datasets`); its keys become this
-process's credential options, the same path `--storage-option secret=...` takes, so they never
-travel as flow parameters.
+process's credential options (in memory, as a `--storage-options-file`'s), so they never travel as
+flow parameters nor reach the environment of the processes it starts.
 """
 
 from __future__ import annotations
 
 import os
 
-from minority_core.config.storage import export_secret_options
+from minority_core.config.storage import keep_secret_options
 from minority_core.errors import InputError
 
 STORAGE_BLOCK_ENV = "MINORITY_STORAGE_BLOCK"
@@ -42,9 +42,9 @@ def options_from_block(name: str) -> dict:
 
 def use_storage_block(name: str | None = None) -> str | None:
     """Load block `name` (default: $MINORITY_STORAGE_BLOCK) into this process's credential
-    options (inherited by what it starts); returns the name used, None when there is none."""
+    options (kept in memory; the actors get them as arguments); returns the name used, None when there is none."""
     name = name or os.environ.get(STORAGE_BLOCK_ENV)
     if name:
-        export_secret_options(options_from_block(name))
+        keep_secret_options(options_from_block(name))
         os.environ[STORAGE_BLOCK_ENV] = name
     return name

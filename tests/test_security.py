@@ -125,43 +125,127 @@ def test_only_known_harmless_storage_options_may_travel_as_flow_parameters(optio
         assert SynthesisConfig.from_options(model="bundled:digits", num_samples=8, out="/tmp/x", storage_options=options).output.storage_options == options
 
 
+def test_credentials_on_the_command_line_are_refused(tmp_path):
+    """argv is readable by every user of the machine: a credential there is one line, exit 2,
+    naming the file channel, before anything is written."""
+    from click.testing import CliRunner
+
+    from minority_synth.cli import main
+
+    for option in ("secret=S3CRET", "key=AKIA1", "client_kwargs=" + json.dumps({"endpoint_url": "http://x", "aws_session_token": "T"})):
+        done = CliRunner().invoke(main, ["synthesize", "--num-samples", "4", "--out", str(tmp_path / "o"), "--storage-option", option])
+        assert done.exit_code == 2, done.output
+        line = done.output.strip()
+        assert "\n" not in line and "visible to every user" in line and "--storage-options-file" in line and "chmod 600" in line, line
+    assert os.listdir(tmp_path) == []
+
+
+def test_storage_options_file_must_be_private(tmp_path):
+    """A credentials file others can read (or a link to one) is refused in one line naming the fix;
+    a private one is read, and its keys stay out of this process's environment."""
+    from click.testing import CliRunner
+
+    from minority_core.config import resolve_storage_options
+    from minority_core.config.storage import _KEPT
+    from minority_synth.cli import main
+
+    path = tmp_path / "creds.json"
+    path.write_text(json.dumps({"key": "AKIAFILE", "secret": FAKE_SECRET}))
+    link = tmp_path / "link.json"
+    link.symlink_to(path)
+    for target, mode, message in ((path, 0o644, f"run `chmod 600 {path}`"), (path, 0o620, "chmod 600"), (link, 0o600, "not a link")):
+        path.chmod(mode)
+        done = CliRunner().invoke(main, ["verify", "--run", str(tmp_path / "nothing"), "--storage-options-file", str(target)])
+        assert done.exit_code == 2 and message in done.output and done.output.count("\n") == 1, done.output
+    path.chmod(0o600)
+    try:
+        done = CliRunner().invoke(main, ["verify", "--run", str(tmp_path / "nothing"), "--storage-options-file", str(path)])
+        assert done.exit_code == 2 and "nothing" in done.output  # past the file: the run is what is missing
+        assert resolve_storage_options({})["secret"] == FAKE_SECRET
+        assert FAKE_SECRET not in json.dumps(dict(os.environ))
+    finally:
+        _KEPT.clear()
+
+
+def _ours(mark: str) -> dict[int, tuple[str, bytes, bytes]]:
+    """{pid: (name, cmdline, environ)} of every live process carrying the test's marker."""
+    needle = f"MINORITY_SECURITY_MARK={mark}".encode()
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                environ = open(f"/proc/{entry}/environ", "rb").read()
+                if needle in environ.split(b"\0"):
+                    found[int(entry)] = (open(f"/proc/{entry}/comm").read().strip(), open(f"/proc/{entry}/cmdline", "rb").read(), environ)
+            except OSError:
+                continue
+    return found
+
+
 @pytest.mark.slow
-def test_planted_secrets_reach_no_store_log_or_object(prefect_api, s3_bucket, tmp_path):
-    """The CLI with credentials in every accepted form (top-level key/secret, a nested client
-    kwarg, the environment): none of them is in Prefect's database (runs, tasks, logs,
-    artifacts), the command's output, the Ray session's logs, or any object of the bucket."""
+def test_planted_secrets_reach_no_process_store_log_or_object(s3_bucket, tmp_path):
+    """The CLI with credentials from a 0600 file (top-level key/secret, a nested client kwarg) and
+    from $MINORITY_STORAGE_OPTIONS, its own ephemeral Prefect server and local Ray: the actors
+    write the bucket with them (the environment holds no other credentials), yet no process of
+    the run has them in its command line or environment (the env secret only in the CLI's own,
+    where the user put it), and none is in Prefect's database, the command's output, the Ray
+    session's logs, or any object of the bucket."""
     import glob
     import subprocess
     import sys
+    import threading
+    import uuid
     from pathlib import Path
 
     import s3fs
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
+
+    from minority_synth.env import DEFAULTS
 
     url, options = s3_bucket
     planted = {"AKIAPLANTEDKEY1", "PLANTED-SECRET-2", "PLANTED-TOKEN-3", "PLANTED-ENV-4"}
     endpoint = options["client_kwargs"]["endpoint_url"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINORITY_STORAGE"))}
-    env.update(PREFECT_API_URL=PREFECT_API_URL.value(), AWS_DEFAULT_REGION="us-east-1",
+    creds = tmp_path / "storage.json"
+    creds.touch(mode=0o600)
+    creds.write_text(json.dumps({"key": "AKIAPLANTEDKEY1", "secret": "PLANTED-SECRET-2", "client_kwargs": {"aws_session_token": "PLANTED-TOKEN-3"}}))
+    mark = uuid.uuid4().hex
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINORITY_STORAGE", "PREFECT_", "RAY_"))}
+    env.update(DEFAULTS, PREFECT_HOME=str(home), AWS_DEFAULT_REGION="us-east-1", MINORITY_SECURITY_MARK=mark,
                MINORITY_STORAGE_OPTIONS=json.dumps({"client_kwargs": {"aws_session_token": "PLANTED-ENV-4"}}))
     cli = str(Path(sys.executable).with_name("minority-synth"))
-    done = subprocess.run([cli, "synthesize", "--model", "bundled:digits", "--num-samples", "16", "--shard-size", "8", "--steps", "3", "--workers", "1",
-                           "--out", f"{url}/planted", "--storage-option", "key=AKIAPLANTEDKEY1", "--storage-option", "secret=PLANTED-SECRET-2",
-                           "--storage-option", "client_kwargs=" + json.dumps({"endpoint_url": endpoint, "aws_session_token": "PLANTED-TOKEN-3"})],
-                          env=env, capture_output=True, text=True, timeout=900)
+    seen: dict[int, tuple[str, bytes, bytes]] = {}
+    stop = threading.Event()
+
+    def watch() -> None:  # every process of the run, as often as possible while it lasts
+        while not stop.wait(0.2):
+            seen.update(_ours(mark))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        done = subprocess.run([cli, "synthesize", "--model", "bundled:digits", "--num-samples", "16", "--shard-size", "8", "--steps", "3", "--workers", "1",
+                               "--out", f"{url}/planted", "--storage-option", f"endpoint_url={endpoint}", "--storage-options-file", str(creds)],
+                              env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        stop.set()
+        watcher.join()
     assert done.returncode == 0, done.stderr[-3000:]
 
-    async def everything_prefect_stored() -> str:
-        async with get_client() as client:
-            rows = [*await client.read_flow_runs(), *await client.read_task_runs(), *await client.read_logs(), *await client.read_artifacts()]
-        return json.dumps([r.model_dump(mode="json") for r in rows])
+    cli_pids = {pid for pid, (name, cmdline, _) in seen.items() if b"synthesize" in cmdline and b"minority-synth" in cmdline}
+    names = " ".join(name for name, _, _ in seen.values()) + " " + " ".join(c.decode(errors="replace") for _, c, _ in seen.values())
+    assert cli_pids and "gcs_server" in names and "raylet" in names and "ShardWorker" in names and "uvicorn" in names, names  # the right processes
+    leaks = set()
+    for pid, (name, cmdline, environ) in seen.items():
+        for secret in planted:
+            if secret.encode() in cmdline or (secret.encode() in environ and not (secret == "PLANTED-ENV-4" and pid in cli_pids)):
+                leaks.add((secret, name, pid))
+    assert not leaks, leaks
 
     fs = s3fs.S3FileSystem(**options)
     objects = b"".join(fs.cat_file(path) for path in fs.find(url.removeprefix("s3://")))
+    database = b"".join(p.read_bytes() for p in home.glob("prefect.db*"))
     ray_logs = "".join(Path(p).read_text(errors="replace") for p in glob.glob("/tmp/ray/session_*/logs/*") if Path(p).is_file())
-    places = {"prefect": asyncio.run(everything_prefect_stored()), "output": done.stdout + done.stderr,
-              "objects": objects.decode("latin-1"), "ray logs": ray_logs}
+    places = {"prefect": database.decode("latin-1"), "output": done.stdout + done.stderr, "objects": objects.decode("latin-1"), "ray logs": ray_logs}
     assert "planted" in places["prefect"] and len(objects) > 1000  # the run is there: the search looked at the right data
     leaks = {(secret, where) for secret in planted for where, text in places.items() if secret in text}
     assert not leaks, leaks

@@ -1,17 +1,29 @@
 """Storage options: plain ones travel as flow parameters, credentials never do.
 
 Prefect stores flow parameters in plain text, so anything that looks like a credential is
-refused there and reaches the processes that need it through the environment instead.
+refused there. Credentials reach the writing processes by channels that no unrelated process
+sees: a JSON file of mode 0600 (`--storage-options-file`, `$MINORITY_STORAGE_OPTIONS_FILE`) or a
+Prefect block, read by the driver into this process's memory (`keep_secret_options`), and handed
+to the Ray actors as constructor arguments (never argv, never an environment variable). The
+command line is visible to every user of the machine (`ps`), so a credential there is refused;
+`$MINORITY_STORAGE_OPTIONS` still works, and the CLI moves it out of its environment before it
+starts the Prefect server or Ray, so their daemons do not inherit it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 
 from minority_core.errors import InputError
 
 STORAGE_OPTIONS_ENV = "MINORITY_STORAGE_OPTIONS"
+STORAGE_OPTIONS_FILE_ENV = "MINORITY_STORAGE_OPTIONS_FILE"
+MAX_OPTIONS_FILE_BYTES = 1 << 20
+_KEPT: dict = {}  # credential options of this process: in memory, not in os.environ (which children inherit)
+HOW_TO_PASS = (f"put them in a JSON file only you can read (chmod 600) and pass --storage-options-file FILE (or ${STORAGE_OPTIONS_FILE_ENV}), "
+               f"or use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ${STORAGE_OPTIONS_ENV} or a Prefect block (MINORITY_STORAGE_BLOCK)")
 
 # The storage options known to hold no secret, for s3fs, gcsfs and adlfs, and the nested ones of
 # the containers among them. Everything else is a credential until listed here: an unknown key
@@ -66,11 +78,7 @@ def check_no_secrets(options: dict | None) -> dict:
     options = dict(options or {})
     _, _, secret = split_options(options)
     if secret:
-        raise InputError(
-            f"storage option(s) {sorted(secret)} may be credentials (only known non-secret options travel as flow parameters): pass them "
-            f"through --storage-option (kept in this process), the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-            f"{STORAGE_OPTIONS_ENV}) or a Prefect block (MINORITY_STORAGE_BLOCK)"
-        )
+        raise InputError(f"storage option(s) {sorted(secret)} may be credentials (only known non-secret options travel as flow parameters): {HOW_TO_PASS}")
     return options
 
 
@@ -83,13 +91,29 @@ def merge_options(base: dict, extra: dict) -> dict:
 
 
 def resolve_storage_options(plain: dict | None) -> dict:
-    """Flow-parameter options merged with credentials from the environment (never stored by Prefect)."""
-    secret = json.loads(os.environ.get(STORAGE_OPTIONS_ENV, "{}") or "{}")
-    return merge_options(check_no_secrets(plain), secret)
+    """Flow-parameter options merged with the credentials of this process (never stored by
+    Prefect): $MINORITY_STORAGE_OPTIONS, then the file of $MINORITY_STORAGE_OPTIONS_FILE, then
+    those kept in memory (a block, --storage-options-file)."""
+    merged = check_no_secrets(plain)
+    for layer in (_from_environment(), read_options_file(os.environ[STORAGE_OPTIONS_FILE_ENV]) if os.environ.get(STORAGE_OPTIONS_FILE_ENV) else {}, _KEPT):
+        merged = merge_options(merged, layer)
+    return merged
 
 
-def parse_storage_options(pairs: tuple[str, ...] | list[str]) -> tuple[dict, dict]:
-    """`key=value` pairs → (plain options for the flow, credential options kept out of Prefect)."""
+def _from_environment() -> dict:
+    text = os.environ.get(STORAGE_OPTIONS_ENV, "") or "{}"
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"${STORAGE_OPTIONS_ENV} is not JSON ({exc.msg} at column {exc.colno}): give a JSON object of fsspec options") from None
+    if not isinstance(options, dict):
+        raise InputError(f"${STORAGE_OPTIONS_ENV} must be a JSON object of fsspec options, got {type(options).__name__}")
+    return options
+
+
+def parse_storage_options(pairs: tuple[str, ...] | list[str]) -> dict:
+    """`key=value` pairs of the command line → plain options for the flow. A credential (any key
+    the allow-list does not know) is refused: argv is readable by every user of the machine."""
     given: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -102,13 +126,57 @@ def parse_storage_options(pairs: tuple[str, ...] | list[str]) -> tuple[dict, dic
         if key == "endpoint_url":  # s3fs takes it inside client_kwargs
             key, parsed = "client_kwargs", {"endpoint_url": parsed}
         given = merge_options(given, {key: parsed})
-    plain, secret, _ = split_options(given)
-    return plain, secret
+    plain, _, secret_paths = split_options(given)
+    if secret_paths:
+        raise InputError(f"--storage-option {', '.join(secret_paths)}: may be a credential, and the command line is visible to every user "
+                         f"of this machine (ps): {HOW_TO_PASS}")
+    return plain
 
 
-def export_secret_options(secret: dict) -> None:
-    """Credentials for this process (and what it starts) only, through the environment; added
-    to those already there (a block's keys, then `--storage-option secret=...` on top)."""
+def read_options_file(path: str) -> dict:
+    """The JSON object of fsspec options in `path`, refused unless only its owner (this user) can
+    read or change it, as ssh does with keys."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise InputError(f"storage options file {path} does not exist: create it (a JSON object, chmod 600) or fix the path") from None
+    except OSError as exc:
+        raise InputError(f"cannot open storage options file {path} ({exc.strerror}): give a regular file of yours, not a link") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"storage options file {path} is not a regular file: give a JSON file")
+        if info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise InputError(f"storage options file {path} is readable or writable by others (mode {stat.filemode(info.st_mode)}, uid {info.st_uid}): "
+                             f"run `chmod 600 {path}` as its owner")
+        data = handle.read(MAX_OPTIONS_FILE_BYTES + 1)
+    if len(data) > MAX_OPTIONS_FILE_BYTES:
+        raise InputError(f"storage options file {path} is larger than {MAX_OPTIONS_FILE_BYTES >> 20} MiB: it should hold a small JSON object")
+    try:
+        options = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        where = f" ({exc.msg} at line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InputError(f"storage options file {path} is not UTF-8 JSON{where}: write a JSON object such as {{\"key\": ..., \"secret\": ...}}") from None
+    if not isinstance(options, dict):
+        raise InputError(f"storage options file {path} must hold a JSON object of fsspec options, not a {type(options).__name__}")
+    if "endpoint_url" in options:  # as on the command line: s3fs takes it inside client_kwargs
+        options = merge_options({k: v for k, v in options.items() if k != "endpoint_url"}, {"client_kwargs": {"endpoint_url": options["endpoint_url"]}})
+    return options
+
+
+def keep_secret_options(secret: dict) -> None:
+    """Credentials for this process only, in memory (a block's keys, a file's), added to those kept
+    already; the actors get them as arguments, the processes this one starts never inherit them."""
     if secret:
-        current = json.loads(os.environ.get(STORAGE_OPTIONS_ENV, "{}") or "{}")
-        os.environ[STORAGE_OPTIONS_ENV] = json.dumps(merge_options(current, secret))
+        merged = merge_options(_KEPT, secret)
+        _KEPT.clear()
+        _KEPT.update(merged)
+
+
+def adopt_environment_secrets() -> None:
+    """Move $MINORITY_STORAGE_OPTIONS from this process's environment into its memory, so that
+    the Prefect server and the Ray daemons it starts do not inherit the credentials (the CLI
+    calls it first). Its own /proc/PID/environ still shows what it was started with."""
+    if os.environ.get(STORAGE_OPTIONS_ENV):
+        keep_secret_options(_from_environment())
+    os.environ.pop(STORAGE_OPTIONS_ENV, None)
