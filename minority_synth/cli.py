@@ -609,7 +609,7 @@ def _numbers(option: str, text: str | None, kind=float) -> list | None:
     if text is None:
         return None
     values = []
-    for item in (part.strip() for part in text.split(",")):
+    for item in (part.strip() for part in text.split(",") if part.strip()):  # "" is an empty grid, refused by the sweep
         try:
             values.append(kind(item))
         except ValueError:
