@@ -86,6 +86,19 @@ def test_a_writer_that_cannot_renew_stops_committing_at_its_expiry(tmp_path):
         lease.check()
 
 
+def test_a_writer_waking_after_its_taker_finished_does_not_renew_its_way_back(tmp_path):
+    """Stopped past its expiry, taken over, the taker done and gone (no lease file left): the
+    woken writer's renewal must not re-create its lease (it did, and went on committing)."""
+    store = ShardStore(str(tmp_path / "out"))
+    stale = Lease._take(store, "synthesize", ttl_s=0.3, renew_every_s=3600)
+    time.sleep(0.4)
+    Lease._take(ShardStore(store.url), "synthesize", 60.0, 15.0).release()
+    stale.renew()
+    with pytest.raises(LeaseLostError, match="not renewed"):
+        stale.check()
+    assert newest(store) is None
+
+
 def test_the_lease_is_shared_within_a_process_and_leaves_no_empty_folder(tmp_path):
     store = ShardStore(str(tmp_path / "out"))
     outer = Lease.acquire(store, "synthesize")

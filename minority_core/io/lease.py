@@ -99,10 +99,14 @@ class Lease:
                                  "rerun the same command to resume once no other writer holds it")
 
     def renew(self) -> None:
-        """Extend the expiry, unless a newer generation shows another writer took over."""
+        """Extend the expiry, unless it already passed (another writer may have taken over and
+        finished meanwhile, leaving no file to see) or another writer's file is the newest."""
         current = newest(self.store)
         if current is not None and (current[0] != self.generation or current[1].get("owner") != self.record["owner"]):
             self.lost = f"taken over by {current[1].get('owner')}"
+            return
+        if time.time() > self.record["expires"] or current is None:
+            self.lost = f"not renewed since {time.ctime(self.record['expires'] - self.ttl_s)} (stalled, or storage unreachable)"
             return
         record = {**self.record, "expires": time.time() + self.ttl_s}
         self.store.write_text(_name(self.generation), json.dumps(record))
