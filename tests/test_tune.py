@@ -50,6 +50,13 @@ def test_a_bound_no_arm_meets_is_one_line_naming_the_closest_arm():
     assert "\n" not in message and "precision drop ≤ 0.01" in message and "the closest, w1, drops precision by 0.020" in message
 
 
+def test_the_refusal_names_the_bound_that_failed():
+    with pytest.raises(InputError) as caught:
+        pick({"precision": 0.2, "confident_share": 0.001})
+    message = str(caught.value)
+    assert "the closest, w2, drops confident_share by 0.010" in message and "--max-confidence-drop" in message and "precision by" not in message
+
+
 def test_arms_that_meet_the_bound_but_gain_nothing_are_refused():
     rows = table()
     rows[1]["avgknn_mean"] = 0.9  # within the bound, less rare than standard sampling
@@ -114,6 +121,37 @@ def test_bad_tune_input_is_one_line_before_any_work(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and not (tmp_path / "ref").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model: diffusers:/nowhere\n", "is a dataset of diffusers:"),
+        ("model: bundled:digits\nguidance: {scale: 1.0}\n", "written inline"),
+    ],
+)
+def test_a_dataset_file_tune_cannot_update_is_refused_before_any_work(tmp_path, text, message):
+    from minority_synth.cli import main
+
+    dataset = tmp_path / "ds.yaml"
+    dataset.write_text(f"name: ds\nreference: {{source: bundled:digits, url: {tmp_path}/ref}}\noutput: {tmp_path}/runs\n{text}")
+    before = dataset.read_text()
+    args = [
+        "tune",
+        "--model",
+        "bundled:digits",
+        "--reference",
+        str(tmp_path / "ref"),
+        "--reference-source",
+        "bundled:digits",
+        "--out",
+        str(tmp_path / "out"),
+        "--write-dataset",
+        str(dataset),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert dataset.read_text() == before and not (tmp_path / "out").exists()
 
 
 def test_tune_end_to_end_picks_a_setting_within_its_bound_writes_it_and_refuses_an_impossible_bound(tmp_path, prefect_api):

@@ -147,11 +147,14 @@ def choose(assessed: Sequence[Mapping[str, Any]], rarity: str, bounds: Mapping[s
     allowed = ", ".join(f"{m} drop ≤ {d:g} (standard: {_fmt(base.get(m))})" for m, d in bounds.items())
     meeting = [r for r in guided if r["meets"]]
     if not meeting:
-        metric = next(iter(bounds))
-        drops = [r for r in guided if r.get(f"{metric}_drop") is not None]
-        best = min(drops, key=lambda r: r[f"{metric}_drop"]) if drops else None
-        closest = f"; the closest, {best['name']}, drops {metric} by {best[f'{metric}_drop']:.3f}" if best else f"; no arm has a {metric}"
-        return _refuse(f"no setting of the sweep keeps {allowed}{closest}: allow a larger drop ({QUALITY_METRICS[metric]}) or sweep smaller w")
+        measured = [r for r in guided if all(r.get(f"{m}_drop") is not None for m in bounds)]
+        if not measured:
+            return _refuse(f"no arm of the sweep has every bounded measure ({', '.join(bounds)}): too few samples per arm? raise --num-samples")
+        best = min(measured, key=lambda r: max(r[f"{m}_drop"] - d for m, d in bounds.items()))  # the smallest excess over a bound
+        failing = [m for m, d in bounds.items() if best[f"{m}_drop"] > d + 1e-12]
+        drops = " and ".join(f"{m} by {best[f'{m}_drop']:.3f}" for m in failing)
+        flags = " / ".join(QUALITY_METRICS[m] for m in failing)
+        return _refuse(f"no setting of the sweep keeps {allowed}; the closest, {best['name']}, drops {drops}: allow a larger drop ({flags}) or sweep smaller w")
     return _refuse(
         f"no setting that keeps {allowed} raises {rarity} above standard sampling's {_fmt(base.get(rarity))}: sweep larger w, or allow a larger quality drop"
     )
