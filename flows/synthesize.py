@@ -166,7 +166,7 @@ def _summary_markdown(config: SynthesisConfig, summary: dict) -> str:
     report = f"[report/index.html]({summary['report']})" if summary.get("report") else "none (no reference)"
     sampler = config.sampler
     g = sampler.guidance
-    guidance = "none (standard sampling)" if g is None else f"w={g.scale}, perturb_ratio={g.perturb_ratio}, every={g.every}, stop_ratio={g.stop_ratio}, {g.scale_type}, {g.distance}"
+    guidance = "none (standard sampling)" if g is None else f"w={g.scale}, perturb_ratio={g.perturb_ratio}, every={g.every}, stop_ratio={g.stop_ratio}, {g.scale_type}, distance {g.distance}"
     return "\n".join([
         f"# Synthesis run: {config.output.arm}",
         "",

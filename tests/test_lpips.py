@@ -4,6 +4,7 @@ drive guided sampling with the stop-gradient on x0'."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import pytest
@@ -118,7 +119,7 @@ def test_guided_ancestral_sampling_with_lpips_runs(stand_in):
     guidance = MinorityGuidance(scale=1.0, every=1, distance="lpips")
     guided = run_sampler(ancestral_sample, LinearEps(), schedule, SHAPE, guidance=guidance, steps=4, generator=seed(0))
     again = run_sampler(ancestral_sample, LinearEps(), schedule, SHAPE, guidance=guidance, steps=4, generator=seed(0))
-    l2 = run_sampler(ancestral_sample, LinearEps(), schedule, SHAPE, guidance=MinorityGuidance(scale=1.0, every=1), steps=4, generator=seed(0))
+    l2 = run_sampler(ancestral_sample, LinearEps(), schedule, SHAPE, guidance=MinorityGuidance(scale=1.0, every=1, distance="l2"), steps=4, generator=seed(0))
     assert guided.shape == SHAPE and torch.isfinite(guided).all()
     assert torch.equal(guided, again)
     assert not torch.allclose(guided, l2)  # the LPIPS distance, not L2, drove the guidance
@@ -167,3 +168,22 @@ def test_real_heads_from_the_installed_lpips_package_load(stand_in, monkeypatch)
     x = torch.rand(SHAPE, generator=seed(6)) * 2 - 1
     with torch.no_grad():
         assert (lpips(x, x.flip(-1)) > 0).all()
+
+
+def test_auto_distance_in_the_sampler(stand_in, tmp_path, monkeypatch):
+    """distance 'auto' (the default) called directly: LPIPS for images when the weights are on disk,
+    L2 for samples that are not (N, 1|3, H, W) images and when the weights are absent."""
+    schedule = NoiseSchedule.linear(1000)
+    auto = MinorityGuidance(scale=1.0, every=1)
+    assert auto.distance == "auto"
+
+    def run(guidance, shape=SHAPE):
+        return run_sampler(ancestral_sample, LinearEps(), schedule, shape, guidance=guidance, steps=3, generator=seed(0))
+
+    lpips, l2 = run(dataclasses.replace(auto, distance="lpips")), run(dataclasses.replace(auto, distance="l2"))
+    assert not torch.equal(lpips, l2)
+    assert torch.equal(run(auto), lpips)
+    vectors = (2, 3, 8)
+    assert torch.equal(run(auto, vectors), run(dataclasses.replace(auto, distance="l2"), vectors))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # the backbone is gone
+    assert torch.equal(run(auto), l2)

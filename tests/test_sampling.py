@@ -213,7 +213,7 @@ def test_non_finite_values_raise_and_name_the_setting(schedule):
         (dict(scale=1.0, every=2.5), "every must be an integer"),
         (dict(scale=1.0, stop_ratio=1.0), "stop_ratio must be in [-1, 1)"),
         (dict(scale=1.0, scale_type="log"), "scale_type must be 'var' or 'fixed'"),
-        (dict(scale=1.0, distance="l1"), "distance must be 'l2' or 'lpips'"),
+        (dict(scale=1.0, distance="l1"), "distance must be 'auto', 'l2' or 'lpips'"),
         (dict(scale=1.0, mc_samples=0), "mc_samples must be an integer ≥ 1"),
         (dict(scale=1.0, normalize="yes"), "normalize must be true or false"),
     ],

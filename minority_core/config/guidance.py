@@ -23,7 +23,9 @@ class MinorityGuidance:
     every: int = knob(5, help="guide every k-th step only (intermittent guidance)")
     stop_ratio: float = knob(-1.0, help="guide only while t > ratio·steps (−1: never switch off)")
     scale_type: Literal["var", "fixed"] = knob("var", help="var: scale the gradient by the step's variance Σ_θ (it decays late in sampling); fixed: do not")
-    distance: Literal["l2", "lpips"] = knob("l2", help="minority-loss distance: l2 (unsquared per-sample norm) or lpips (AlexNet LPIPS, weights on disk)")
+    distance: Literal["auto", "l2", "lpips"] = knob(
+        "auto", help="minority-loss distance: auto (lpips where its weights are on disk and the samples are images, else l2; the run summary says which), "
+        "l2 (unsquared per-sample norm) or lpips (AlexNet LPIPS, the paper's; weights on disk)")
     normalize: bool = knob(True, help="divide each sample's gradient by its max-abs value before scaling")
     mc_samples: int = knob(1, help="re-noising draws ε the minority loss is averaged over")
 
@@ -39,8 +41,8 @@ class MinorityGuidance:
             problems.append(f"stop_ratio must be in [-1, 1) (−1 = never switch off), got {self.stop_ratio!r}")
         if self.scale_type not in ("var", "fixed"):
             problems.append(f"scale_type must be 'var' or 'fixed', got {self.scale_type!r}")
-        if self.distance not in ("l2", "lpips"):
-            problems.append(f"distance must be 'l2' or 'lpips', got {self.distance!r}")
+        if self.distance not in ("auto", "l2", "lpips"):
+            problems.append(f"distance must be 'auto', 'l2' or 'lpips', got {self.distance!r}")
         if not isinstance(self.normalize, bool):
             problems.append(f"normalize must be true or false, got {self.normalize!r}")
         if not _is_int(self.mc_samples) or self.mc_samples < 1:

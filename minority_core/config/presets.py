@@ -38,14 +38,14 @@ GENERIC = Preset(SamplerConfig(steps=250, guidance=MinorityGuidance(scale=0.4)),
 # and 1: standard 4.5 % / 96 %; s = 3.5: 11.3 % / 89 %; s = 10: 16.2 % / 87 %. Seed 0 only: s = 1:
 # 9.3 % / 90 %; s = 30: 21.0 % / 89 % but collapsing onto class 8 (60 eights, 3 nines of 300). s = 10
 # is the knee: most of the gain, both rare classes.
-DIGITS = Preset(
-    SamplerConfig(steps=100, guidance=MinorityGuidance(scale=3.0, perturb_ratio=0.4, every=2, stop_ratio=0.5), classifier_scale=10.0),
+DIGITS = Preset(  # tuned with L2 (w is not portable across distances either)
+    SamplerConfig(steps=100, guidance=MinorityGuidance(scale=3.0, perturb_ratio=0.4, every=2, stop_ratio=0.5, distance="l2"), classifier_scale=10.0),
     extractor="demo-classifier",
 )
 
 # latent: (Stable-Diffusion-style) pipelines: 50 steps as diffusers' pipelines, L2 on latents (LPIPS
 # needs images). w is the generic 0.4 and untuned: latents are not [−1, 1] pixels (docs/DESIGN.md §7).
-LATENT = replace(GENERIC, sampler=replace(GENERIC.sampler, steps=50))
+LATENT = replace(GENERIC, sampler=replace(GENERIC.sampler, steps=50, guidance=MinorityGuidance(scale=0.4, distance="l2")))
 
 BY_SPEC = {"bundled:digits": DIGITS}
 
@@ -93,9 +93,22 @@ def resolve_sampler(spec: str, preset: str | None = None, overrides: Mapping[str
         if not spec.startswith("latent:"):
             raise InputError(f"{', '.join(text)} apply to text-to-image (latent:) models only; {spec} is not one")
         raise InputError(f"{', '.join(text)} given without prompts: pass --prompt TEXT or --prompts-file FILE")
-    config = replace(base, **{**given, "method": method, "guidance": guidance})
+    config = concrete_distance(replace(base, **{**given, "method": method, "guidance": guidance}), spec)
     check_model_fits(spec, config)
     return config
+
+
+def concrete_distance(config: SamplerConfig, spec: str) -> SamplerConfig:
+    """distance 'auto' made concrete at the edge, once, so the run's identity and summary say what
+    ran: LPIPS where its weights are on disk (minority_core.lpips_files) and the model makes images
+    (every scheme but latent:, whose samples are VAE latents), else L2."""
+    g = config.guidance
+    if g is None or g.distance != "auto":
+        return config
+    from minority_core.lpips_files import lpips_available
+
+    images = not str(spec).startswith("latent:")
+    return replace(config, guidance=replace(g, distance="lpips" if images and lpips_available("alex") else "l2"))
 
 
 def _refuse_unknown(given: Mapping[str, Any], known: tuple[str, ...], section: str) -> None:

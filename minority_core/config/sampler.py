@@ -70,7 +70,7 @@ class SamplerConfig:
             raise InputError(f"sampler must be 'ancestral' or 'ddim', got {self.sampler!r}")
         object.__setattr__(self, "steps", normalize_steps(self.steps))
         if step_count(self.steps) < 2:
-            raise InputError(f"steps must keep at least 2 steps (a count ≥ 2, ddimN with N ≥ 2, or sections a,b,c), got {self.steps!r}")
+            raise InputError(f"steps must be at least 2: a count ≥ 2, ddimN with N ≥ 2, or sections a,b,c summing to ≥ 2; got {self.steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise InputError(f"batch_size must be an integer ≥ 1, got {self.batch_size!r}")
         if not 0.0 <= float(self.eta) <= 1.0:
@@ -105,5 +105,5 @@ def check_model_fits(spec: str, config: SamplerConfig) -> None:
         raise InputError(f"{spec} is a text-to-image model: give --prompt TEXT (repeatable) or --prompts-file FILE (one prompt per line)")
     if config.method not in ("self-guided", "standard"):
         raise InputError(f"method {config.method!r} is not available for latent: models; use self-guided or standard")
-    if config.guidance is not None and config.guidance.distance != "l2":
+    if config.guidance is not None and config.guidance.distance not in ("l2", "auto"):
         raise InputError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents (pass --distance l2)")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from minority_core.config.fields import Knob, dataclass_knobs, model_knobs
 from minority_core.config.guidance import MinorityGuidance
-from minority_core.config.presets import preset_for, resolve_sampler
+from minority_core.config.presets import concrete_distance, preset_for, resolve_sampler
 from minority_core.config.sampler import SamplerConfig
 from minority_core.config.storage import check_no_secrets, resolve_storage_options
 from minority_core.errors import InputError
@@ -204,6 +204,8 @@ class SynthesisConfig(Section):
         sampler = data.get("sampler")
         if not isinstance(sampler, SamplerConfig):
             data["sampler"] = resolve_sampler(model.spec, model.preset, _sampler_overrides(sampler))
+        else:
+            data["sampler"] = concrete_distance(sampler, model.spec)
         output = data.get("output")
         if isinstance(output, Mapping) and output.get("extractor") is None:
             data["output"] = {**output, "extractor": preset_for(model.spec, model.preset).extractor}

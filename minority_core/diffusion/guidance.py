@@ -78,9 +78,18 @@ def minority_gradient(
     return guidance.scale * grad, out
 
 
-def resolve_distance(guidance: MinorityGuidance, device: torch.device | str = "cpu") -> Distance:
-    """The distance function a guidance config names (LPIPS is loaded, and checked, only if asked)."""
-    if guidance.distance == "l2":
+def resolve_distance(guidance: MinorityGuidance, device: torch.device | str = "cpu", shape: tuple[int, ...] | None = None) -> Distance:
+    """The distance function a guidance config names (LPIPS is loaded, and checked, only if asked).
+
+    'auto' (a config the edge did not make concrete, e.g. the library called directly) is LPIPS
+    when the samples of `shape` are images (N, 1 or 3, H, W) and its weights are on disk, else L2."""
+    distance = guidance.distance
+    if distance == "auto":
+        from minority_core.lpips_files import lpips_available
+
+        images = shape is not None and len(shape) == 4 and shape[1] in (1, 3)
+        distance = "lpips" if images and lpips_available("alex") else "l2"
+    if distance == "l2":
         return l2_distance
     from minority_core.diffusion.lpips import load_lpips
 
@@ -93,12 +102,12 @@ class MinorityGuidanceTerm:
     At the steps `config` selects it runs the model's forward at x_t with a graph, takes the
     minority gradient, and hands the forward's output back for the main path to reuse. The
     distance is resolved once, on `device`, when the term is built (so a missing LPIPS file is
-    reported before any step runs).
+    reported before any step runs); `shape`, the batch's, decides distance 'auto'.
     """
 
-    def __init__(self, config: MinorityGuidance, device: torch.device | str = "cpu") -> None:
+    def __init__(self, config: MinorityGuidance, device: torch.device | str = "cpu", shape: tuple[int, ...] | None = None) -> None:
         self.config = config
-        self.distance = resolve_distance(config, device)
+        self.distance = resolve_distance(config, device, shape)
 
     @property
     def nonfinite_hint(self) -> str:

@@ -133,7 +133,7 @@ def _sample_loop(
         raise InputError(f"shape must be (batch, channels, ...) of positive integers, got {shape!r}")
     device = x.device
     extra = prepare_extra(extra, shape[0], device)
-    term = MinorityGuidanceTerm(guidance, device) if isinstance(guidance, MinorityGuidance) else guidance
+    term = MinorityGuidanceTerm(guidance, device, shape) if isinstance(guidance, MinorityGuidance) else guidance
     autocast_ctx = torch.autocast(device.type) if autocast else nullcontext()
 
     acted = False  # whether the guidance term has moved x yet: decides what a NaN is blamed on

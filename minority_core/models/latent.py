@@ -35,7 +35,7 @@ import importlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -198,7 +198,9 @@ class LatentPipeline:
         """The sampler's latents (scaled by `scaling_factor`), before decoding."""
         if sampler not in SAMPLERS:
             raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        if minority_guidance is not None and isinstance(minority_guidance, MinorityGuidance) and minority_guidance.distance != "l2":
+        if isinstance(minority_guidance, MinorityGuidance) and minority_guidance.distance == "auto":
+            minority_guidance = replace(minority_guidance, distance="l2")  # latents are not images
+        if isinstance(minority_guidance, MinorityGuidance) and minority_guidance.distance != "l2":
             raise InputError("minority guidance on latents uses distance 'l2': LPIPS compares images, not VAE latents")
         prompts = expand_prompts(prompts, num_samples)
         model = self.denoiser(prompts, cfg_scale, negative_prompt)
