@@ -158,11 +158,16 @@ def _keep_options_file(ctx, param, path: str | None) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="minority-synth", prog_name="minority-synth")
-def main():
+@click.pass_context
+def main(ctx):
     """Synthesize minority (rare, low-density) samples with diffusion models, and score them.
 
     Self-guided minority guidance (Um & Ye, ECCV 2024): no classifier, only the diffusion model.
     """
+    from minority_synth.supervise import SUPERVISED_COMMANDS, should_supervise, supervise
+
+    if ctx.invoked_subcommand in SUPERVISED_COMMANDS and should_supervise(sys.argv):  # Ctrl-C/SIGTERM stop it and all it started
+        ctx.exit(supervise(sys.argv))
 
 
 @main.command()
@@ -174,21 +179,23 @@ def sample(prompts_file, **options):
     from minority_core.config.synthesis import check_device_available
     from minority_core.io import ShardStore
     from minority_core.io.images import grid_png, to_uint8_nhwc
+    from minority_core.io.lease import Lease
     from minority_core.models import load_model
     from minority_core.runs.generate import check_class_labels
-    from minority_core.runs.plan import ShardSpec
+    from minority_core.runs.plan import ShardSpec, check_sample_out
     from minority_core.runs.worker import sample_shard
 
     config = config_from_cli(options, prompts_file)
     check_device_available(config.execution.device)  # sampled here, whatever --workers says
     out, n = config.output.out, config.output.num_samples
+    store = ShardStore(out)
+    check_sample_out(store)  # never into a synthesize run: its committed shard 0 would be overwritten
     loaded = load_model(config.model.spec, config.execution.device, **config.model.load_options())
     check_class_labels(loaded, config.sampler)  # before anything is written
-    store = ShardStore(out)
-    store.check_writable()
-    images, table = sample_shard(loaded, config.sampler, ShardSpec(0, n, config.output.seed, 0), config.output.arm, config.execution.device)
-    record = store.write_shard("samples", 0, table)
-    (Path(out) / "grid.png").write_bytes(grid_png(to_uint8_nhwc(images)))
+    with Lease.acquire(store, "sample"):  # (checks OUT is writable first)
+        images, table = sample_shard(loaded, config.sampler, ShardSpec(0, n, config.output.seed, 0), config.output.arm, config.execution.device)
+        record = store.write_shard("samples", 0, table)
+        (Path(out) / "grid.png").write_bytes(grid_png(to_uint8_nhwc(images)))
     click.echo(json.dumps({"samples": n, "parquet": store.url_of(record.path), "grid": str(Path(out) / "grid.png")}))
 
 
@@ -216,6 +223,9 @@ def normalise_out(out: str) -> str:
 def synthesize(prompts_file, storage_option, **options):
     """Run the synthesis flow (Prefect + Ray + Parquet shards); rerunning the same command resumes."""
     config = config_from_cli(options, prompts_file, storage_option)
+    from minority_core.runs.plan import resolve_out
+
+    resolve_out(config.output.out, config.execution.workers)  # memory:// with Ray workers: one line before Prefect starts
     if config.execution.workers:  # before Prefect starts: a wrong address is one line in seconds
         from tasks.ray_address import check_ray_address
 
