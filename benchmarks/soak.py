@@ -1,4 +1,12 @@
-"""Soak test: a long synthesis run with faults injected at random, checked for lost or duplicated work.
+"""Soak test: the fault matrix at larger sizes, then a long synthesis run with faults injected at random.
+
+(0) The fault matrix (#16 item 5): every cell of tests/faults/ in one pytest session, the
+    cluster cells included (a real two-node `ray start` cluster: node loss, head loss), and the
+    writer and outage cells (concurrent writers with the same and a different config, lease
+    expiry, storage outage during commit, for synthesize, score and build-reference) at
+    --cell-samples samples. Printed as a table: cell, outcome, samples, byte-identical, seconds.
+    Every cell asserts its exact sample count and its byte comparison with a clean run, so a
+    passed cell is both. `--only matrix` stops here; `--only random` skips it.
 
 (1) A clean run (no faults) of the synthesis flow into a local temporary folder, timed.
 (2) The same config (same seed) into s3://<bucket>/soak on a moto_server on 127.0.0.1, through
@@ -31,7 +39,8 @@ Default sizes (1024 samples in 16 shards of 64, 100 steps, 2 workers, bundled:di
 with the restart budget kept, 1536 samples took 201 s clean and 541 s faulty with the 2 cores
 shared (load 6-12); 1024 samples aim at a faulty run of about 5 min.
 
-    python benchmarks/soak.py                                   # ~5 min faulty run (plus the clean one)
+    python benchmarks/soak.py --only matrix --cell-samples 96   # the matrix alone
+    python benchmarks/soak.py                                   # the matrix, then a ~5 min faulty run (plus the clean one)
     python benchmarks/soak.py --num-samples 512 --shard-size 32 --steps 20 --kill-every 8
     python benchmarks/soak.py --duration-scale 4                # ~20 min
 """
@@ -88,6 +97,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="the run's seed (both runs) and the kill schedule's")
     p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines during the faulty run")
     p.add_argument("--keep", action="store_true", help="keep the clean run's output folder and moto's log (printed)")
+    p.add_argument("--only", choices=("matrix", "random"), help="run only the fault matrix's cells, or only the random soak (default: both)")
+    p.add_argument("--cell-samples", type=int, default=96, help="samples of each writer / outage cell of the matrix (the suite runs them at 24)")
     args = p.parse_args()
     if args.duration_scale <= 0:
         p.error("--duration-scale must be > 0")
@@ -98,6 +109,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--storage-fault-share must be in [0, 1)")
     if args.kill_every < 0:
         p.error("--kill-every must be ≥ 0")
+    if args.cell_samples < 16 or args.cell_samples % 8:
+        p.error("--cell-samples must be a multiple of 8 (the cells' shard size), at least 16 (two shards)")
     return args
 
 
@@ -359,8 +372,75 @@ def make_config(args, out: str, storage_options: dict | None = None):
     )
 
 
+# ---------------------------------------------------------------- the fault matrix
+
+MATRIX = {  # test module -> samples of its cells (None: CELL_SAMPLES, set by --cell-samples)
+    "test_writers.py": None,  # concurrent writers (same / different config), lease expiry
+    "test_commit_outage.py": None,  # storage outage during score's commit and build-reference's save
+    "test_storage_faults.py": 24,  # synthesize: flaky endpoint, endpoint dying mid-run, moto restart
+    "test_flow_sigkill.py": 24,  # synthesize's own process SIGKILLed, rerun
+    "test_actor_kill.py": 24,  # actors killed mid-run
+    "test_node_loss.py": 64,  # a real two-node cluster: node loss, head loss, unanswered address, grow back
+}
+
+
+def run_matrix(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], bool]:
+    """Every cell of the fault matrix (tests/faults/, the cluster cells included), in one pytest
+    session, the writer and outage cells at --cell-samples; rows of (cell, outcome, samples,
+    byte-identical, seconds). A cell passes only if its exact count and its byte comparison with a
+    clean run hold (each asserts both), so "byte-identical" is "yes" exactly for passed cells."""
+    import xml.etree.ElementTree as ET
+
+    report = Path(tempfile.mkdtemp(prefix="soak-matrix-")) / "junit.xml"
+    env = {**os.environ, "MINORITY_FAULT_CELL_SAMPLES": str(args.cell_samples)}
+    for key in ("PREFECT_HOME", "PREFECT_API_URL"):  # pytest starts its own (tests/conftest.py)
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "integration or cluster or not integration",
+           f"--basetemp={report.parent / 'bt'}", f"--junitxml={report}", *(f"tests/faults/{m}" for m in MATRIX)]
+    say(f"(matrix) {' '.join(cmd[2:])}  [MINORITY_FAULT_CELL_SAMPLES={args.cell_samples}]")
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    say(f"    pytest exit {done.returncode} after {time.perf_counter() - start:.0f} s")
+    rows, ok = [], done.returncode == 0
+    if not report.exists():
+        say(done.stdout[-3000:] + done.stderr[-3000:])
+        return [("matrix", "DID NOT RUN", "-", "-", "-")], False
+    for case in ET.parse(report).getroot().iter("testcase"):
+        module = case.get("classname", "").rsplit(".", 1)[-1] + ".py"
+        failed = case.find("failure") is not None or case.find("error") is not None
+        skipped = case.find("skipped") is not None
+        outcome = "FAILED" if failed else "skipped" if skipped else "passed"
+        samples = MATRIX.get(module) or args.cell_samples
+        rows.append((f"{module[:-3]}::{case.get('name')}", outcome, str(samples), "yes" if outcome == "passed" else "no" if failed else "-",
+                     f"{float(case.get('time', 0)):.1f}"))
+        ok = ok and not failed
+    shutil.rmtree(report.parent, ignore_errors=True)
+    return rows, ok
+
+
+def print_matrix(rows: list[tuple[str, ...]]) -> None:
+    header = ("cell", "outcome", "samples", "byte-identical", "seconds")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    say()
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        say("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+
+
 def main() -> int:
     args = parse_args()
+    matrix_ok = True
+    if args.only != "random":
+        rows, matrix_ok = run_matrix(args)
+        print_matrix(rows)
+        say("MATRIX: " + ("PASS: every cell ended with an exact count and the bytes of a clean run" if matrix_ok else "FAIL"))
+        if args.only == "matrix":
+            return 0 if matrix_ok else 1
+    code = random_soak(args)
+    return code if code else (0 if matrix_ok else 1)
+
+
+def random_soak(args: argparse.Namespace) -> int:
+    """Random actor kills and storage faults on one long run (the original soak), checked."""
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     moto = proxy = None
     ray_started = False

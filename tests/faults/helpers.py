@@ -14,6 +14,9 @@ from minority_core.io import ShardStore
 FEATURES = "features/pixels"
 # Fast shards (about 0.3 s each in-process) for tests where the timing of the fault does not matter.
 FAST = dict(num_samples=24, shard_size=8, steps=6, every=2, guidance_scale=0.4)
+# Samples of the writer and outage cells (test_writers.py, test_commit_outage.py): 24 in the
+# suite; benchmarks/soak.py --matrix runs the same cells larger through this variable.
+CELL_SAMPLES = int(os.environ.get("MINORITY_FAULT_CELL_SAMPLES", "24"))
 # Slow enough (about 1-2 s per shard on one core) to kill a process in the middle of a shard.
 SLOW = dict(num_samples=24, shard_size=8, steps=60, every=2, guidance_scale=0.4)
 
