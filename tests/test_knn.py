@@ -64,6 +64,7 @@ def small_blocks(monkeypatch):
     """Blocks and lists much smaller than the data, so every path (several lists, query blocks,
     query chunks, IVF rounds) runs at test sizes."""
     monkeypatch.setattr(exact_module, "REF_BLOCK", 256)
+    monkeypatch.setattr(exact_module, "REF_TILE", 64)  # several tiles per list, several lists per merge
     monkeypatch.setattr(exact_module, "QUERY_BLOCK", 64)
     monkeypatch.setattr(exact_module, "QUERY_CHUNK", 200)
     monkeypatch.setattr(exact_module, "LB_ELEMENTS", 2000)

@@ -16,7 +16,11 @@ allows:
   above r² + F; only the pairs in between are recomputed in float64.
 
 References live in lists (contiguous, each padded to a multiple of GROUP).  Without centroids
-("exact") every list is scanned.  With centroids and list radii ("ivf") the lower bound
+("exact") every list is scanned; its lists are compact (rows ordered by a cheap k-means), queries
+are taken in the order of their nearest list and each query block scans the lists nearest its
+mean first, so the lines are tight after one list and later tiles add few candidates (measured at
+50k × 64: 74 candidates a query, 209 in row order).  GEMMs run on cache-sized tiles into one
+reused buffer.  Ball scans read a second, radius-sorted layout (`_BallLayout`).  With centroids and list radii ("ivf") the lower bound
 ‖q − c‖ − ρ of a list's distances lets a query skip lists that cannot hold a neighbour (or a ball
 containing it): lists are scanned nearest first, in rounds of doubling width, until no unscanned
 list's bound is below the query's k-th distance.  So the IVF answers are exact too (certified
@@ -41,7 +45,9 @@ from minority_core.errors import InputError
 U32 = 2.0**-24  # unit roundoff of float32
 GROUP = 32  # columns per max-reduction of the candidate filter
 QUERY_BLOCK = 512  # queries per GEMM block
-REF_BLOCK = 8192  # references per list of the exact kind (a GEMM block: 512 × 8192 × 4 B = 16 MiB)
+REF_BLOCK = 8192  # references per radius-sorted list of the exact kind's ball scans
+REF_TILE = 1024  # references per GEMM tile (and per list of the exact kind's kNN): 1024 × 512 × 4 B = 2 MiB, in cache
+MERGE_LISTS = 8  # the exact scan merges its candidates into the pools after the first list, then every 8
 LB_ELEMENTS = 2**24  # (query, list) lower bounds held at once: bounds the query chunk of an IVF scan
 QUERY_CHUNK = 65536  # queries whose candidate pools are held at once
 POOL_EXTRA = 8  # pool slots beyond k; a pool that overflows is widened 4x and redone
@@ -103,6 +109,8 @@ class Engine:
         self.lists = lists
         self.centroids = centroids
         self.list_radius = None if centroids is None else _list_radii(xc, self.starts, sizes, centroids)
+        # where each list lies (the exact kind's scan order per query block); IVF: its centroids
+        self.list_means = centroids if centroids is not None else _list_means(xc, self.starts, sizes)
         del xc
         self.torch_vectors = _tensor(vectors).to(device)
         self.order_t = _tensor(self.order).to(device)
@@ -119,16 +127,6 @@ class Engine:
         np.multiply(xc, 2, out=aug[:, :-1])
         aug[:, -1] = col
         return _tensor(aug).to(self.device), float(np.abs(const).max(initial=0.0))
-
-    def sorted_by(self, radii: np.ndarray) -> Engine:
-        """The same references, each list in ascending radius order (the exact kind re-chunks
-        globally by radius), so a ball scan can stop once the lists' radii exceed its answer."""
-        if self.centroids is None:
-            order = np.argsort(radii, kind="stable")
-            lists = [order[s : s + REF_BLOCK] for s in range(0, len(order), REF_BLOCK)]
-        else:
-            lists = [ids[np.argsort(radii[ids], kind="stable")] for ids in self.lists]
-        return Engine(self.vectors, self.mean, lists, self.centroids, self.device)
 
     # ------------------------------------------------------------ query preparation
 
@@ -162,19 +160,35 @@ class Engine:
         chunk = QUERY_CHUNK if self.centroids is None else max(1, min(QUERY_CHUNK, LB_ELEMENTS // self.n_lists))
         dist = np.empty((len(queries), k))
         ids = np.empty((len(queries), k), dtype=np.int64)
+        perm = self._locality_order(queries, self_ids)
         with _gemm_only_threads():
             for s in range(0, len(queries), chunk):
-                own = None if self_ids is None else self_ids[s : s + chunk]
-                dist[s : s + chunk], ids[s : s + chunk] = self._knn_chunk(queries[s : s + chunk], k, own, k + POOL_EXTRA)
+                rows = perm[s : s + chunk]
+                own = None if self_ids is None else self_ids[rows]
+                dist[rows], ids[rows] = self._knn_chunk(queries[rows], k, own, k + POOL_EXTRA)
         return dist, ids
+
+    def _locality_order(self, queries: np.ndarray, self_ids: np.ndarray | None) -> np.ndarray:
+        """Queries ordered by their nearest list (self-queries: by their own), so that a query
+        block lies in one region and its first lists give it tight lines: then later tiles add
+        few candidates (the answers do not depend on the order)."""
+        if self_ids is not None:
+            key = self.pos_of[self_ids]
+        else:
+            means = self.list_means.astype(np.float32)
+            half = 0.5 * np.einsum("ij,ij->i", means, means)
+            key = np.concatenate([
+                np.argmax((queries[s : s + 65536] - self.mean) @ means.T - half, axis=1)
+                for s in range(0, len(queries), 65536)
+            ])
+        return np.argsort(key, kind="stable")
 
     def _knn_chunk(self, q: np.ndarray, k: int, self_ids: np.ndarray | None, width: int) -> tuple[np.ndarray, np.ndarray]:
         qs = self._prepare(q, self.cmax)
         pool = _Pool(len(q), k, width, qs.bound, self.device)
         self_pos = None if self_ids is None else _tensor(self.pos_of[self_ids]).to(self.device)
         if self.centroids is None:
-            for lst in range(self.n_lists):
-                self._scan(qs, pool, slice(0, len(q)), lst, self_pos)
+            self._exact_scan(qs, pool, self_pos)
         else:
             self._certified_scan(qs, pool, self_pos)
         over = pool.overflowing()
@@ -215,26 +229,74 @@ class Engine:
                 self._scan(qs, pool, _tensor(part_rows).to(self.device), int(lst), self_pos)
             step *= 2
 
+    def _exact_scan(self, qs: _Queries, pool: _Pool, self_pos: torch.Tensor | None) -> None:
+        """Scan every list for each block of QUERY_BLOCK queries, nearest lists (to the block's
+        mean) first; candidates enter the pools after the first list (so the lines are tight
+        early) and after lists 2, 4, 8 ..., and every MERGE_LISTS lists."""
+        m = len(qs.qn)
+        means = self.list_means.astype(np.float32)
+        buf = self._tile_buffer(m)
+        for s in range(0, m, QUERY_BLOCK):
+            part = slice(s, min(m, s + QUERY_BLOCK))
+            gap = means - qs.qc[part].mean(axis=0)
+            lists = np.argsort(np.einsum("ij,ij->i", gap, gap), kind="stable")
+            q_t = qs.aug[part].T
+            mine = None if self_pos is None else (self_pos[part], int(self_pos[part].min()), int(self_pos[part].max()))
+            line, fresh = pool.lines(part)
+            found: list = []
+            for i, lst in enumerate(lists):
+                fresh = self._tiles(q_t, pool, part, line, fresh, int(lst), mine, buf, found)
+                if found and ((i + 1) & i == 0 or (i + 1) % MERGE_LISTS == 0 or i == len(lists) - 1):
+                    pool.add(part, q_t.shape[1], *(torch.cat(parts) for parts in zip(*found)))
+                    found = []
+                    line, fresh = pool.lines(part)
+
     def _scan(
         self, qs: _Queries, pool: _Pool, rows: torch.Tensor | slice, lst: int, self_pos: torch.Tensor | None
     ) -> None:
-        """Fold list `lst` into the pools of queries `rows` (indices, or a slice when contiguous),
-        QUERY_BLOCK queries per GEMM.  The block is (references × queries), so the group maxima
-        reduce over a middle axis (fast)."""
+        """Fold list `lst` into the pools of queries `rows` (indices), QUERY_BLOCK at a time;
+        the candidates of all of the list's tiles enter the pools in one merge."""
+        buf = self._tile_buffer(len(rows))
+        for s in range(0, len(rows), QUERY_BLOCK):
+            part = rows[s : s + QUERY_BLOCK]
+            q_t = qs.aug[part].T
+            line, fresh = pool.lines(part)
+            found: list = []
+            mine = None if self_pos is None else (self_pos[part], 0, len(self.order))
+            self._tiles(q_t, pool, part, line, fresh, lst, mine, buf, found)
+            if found:
+                pool.add(part, q_t.shape[1], *(torch.cat(parts) for parts in zip(*found)))
+
+    def _tile_buffer(self, queries: int) -> torch.Tensor:
+        return torch.empty(REF_TILE * min(QUERY_BLOCK, queries), device=self.device)
+
+    def _tiles(self, q_t, pool, part, line, fresh, lst, mine, buf, found) -> torch.Tensor | None:
+        """Append the candidates (query row, position, A) of list `lst` for the queries of `q_t`
+        (their [q, 1] columns) to `found`; returns who is still without a line.  `mine`: the
+        queries' own positions (never their own neighbour) and their min and max.
+
+        One GEMM per REF_TILE references into the reused buffer `buf`: the tile stays in cache,
+        so the group maxima and candidate gathers read it from there (a fresh 16 MiB block per
+        GEMM cost page faults and a memory pass each; docs/DESIGN.md §5).  The tile is
+        (references × queries), so the group maxima reduce over a middle axis (fast)."""
         a, b = int(self.starts[lst]), int(self.starts[lst + 1])
-        refs = self.xaug[a:b]
-        count = rows.stop - rows.start if isinstance(rows, slice) else len(rows)
-        for s in range(0, count, QUERY_BLOCK):
-            if isinstance(rows, slice):
-                part = slice(rows.start + s, rows.start + min(count, s + QUERY_BLOCK))
-            else:
-                part = rows[s : s + QUERY_BLOCK]
-            scores = _mm(refs, qs.aug[part].T)
-            if self_pos is not None:
-                local = self_pos[part] - a
-                mine = ((local >= 0) & (local < b - a)).nonzero().squeeze(1)
-                scores[local[mine], mine] = -torch.inf
-            pool.fold(part, scores, a)
+        width = q_t.shape[1]
+        for t in range(a, b, REF_TILE):
+            u = min(b, t + REF_TILE)
+            scores = _mm(self.xaug[t:u], q_t, buf[: (u - t) * width].view(u - t, width))
+            if mine is not None and mine[1] < u and mine[2] >= t:
+                local = mine[0] - t
+                own = ((local >= 0) & (local < u - t)).nonzero().squeeze(1)
+                if len(own):
+                    scores[local[own], own] = -torch.inf
+            groups = scores.view((u - t) // GROUP, GROUP, width)
+            peaks = groups.amax(1)  # (groups × queries)
+            if fresh is not None:
+                fresh = pool.start_lines(part, groups, peaks, line, fresh)
+            hit = _candidates(groups, peaks, line)
+            if hit is not None:
+                found.append((hit[0], hit[1] + t, hit[2]))
+        return fresh
 
     def _finish(self, q: np.ndarray, pool: _Pool, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Recompute the pooled candidates above the final line in float64; sort by (distance, id)."""
@@ -266,20 +328,19 @@ class Engine:
 
     # ------------------------------------------------------------ balls
 
-    def _ball_operand(self, radii: np.ndarray, inclusive: bool) -> tuple:
-        """[2x, r² − ‖x‖²] for balls of `radii` (by row id), and per list the min/max radius."""
+    def _ball_layout(self, radii: np.ndarray, inclusive: bool) -> _BallLayout:
+        """The references in lists of ascending radius, as [2x, r² − ‖x‖²] operands, so a ball
+        scan can stop once a list's radii exceed its answer: IVF keeps its lists (each sorted by
+        radius), the exact kind chunks all rows by radius into lists of REF_BLOCK."""
         key = (id(radii), inclusive)
         if key not in self._balls:
-            real = self.order >= 0
-            r_pos = np.where(real, radii[np.maximum(self.order, 0)], -np.inf).astype(np.float64)
-            xc = (self.xaug[:, :-1] * 0.5).cpu().numpy()  # exact: the operand holds 2x
-            aug, cmax = self._operand(xc, np.where(real, r_pos**2, 0) - self.xn, real)
-            del xc
-            span = [r_pos[a:b][real[a:b]] for a, b in zip(self.starts[:-1], self.starts[1:])]
-            rmin = np.array([s.min(initial=np.inf) for s in span])
-            rmax = np.array([s.max(initial=-np.inf) for s in span])
-            self._balls = {key: (aug, cmax, r_pos, rmin, rmax, radii)}  # keep `radii` alive: the key is its id
-        return self._balls[key][:5]
+            if self.centroids is None:
+                by_radius = np.argsort(radii, kind="stable")
+                lists = [by_radius[s : s + REF_BLOCK] for s in range(0, len(by_radius), REF_BLOCK)]
+            else:
+                lists = [ids[np.argsort(radii[ids], kind="stable")] for ids in self.lists]
+            self._balls = {key: _BallLayout(self, lists, radii)}  # the layout keeps `radii` alive: the key is its id
+        return self._balls[key]
 
     def ball_pairs(
         self,
@@ -292,33 +353,38 @@ class Engine:
         """Yield (query rows, row ids) of pairs with ‖q − x‖ < r_x (<= when `inclusive`), for the
         balls with lo_q < r_x < hi_q when given (a rarity scan: with `hi` it shrinks to each
         query's best radius so far, which the caller lowers between yields through `hi`)."""
-        aug, cmax, r_pos, rmin, rmax = self._ball_operand(radii, inclusive)
-        qs = self._prepare(queries, max(cmax, self.cmax))
+        layout = self._ball_layout(radii, inclusive)
+        qs = self._prepare(queries, max(layout.cmax, self.cmax))
         lo = np.full(len(queries), -np.inf) if lo is None else lo
         hi = np.full(len(queries), np.inf) if hi is None else hi
         chunk = max(1, min(len(queries), LB_ELEMENTS // self.n_lists))
         lb = None
+        rmin, rmax = layout.rmin, layout.rmax
         for lst in np.argsort(rmin, kind="stable"):
             need = (rmax[lst] > lo) & (rmin[lst] < hi)
-            if self.centroids is not None:
+            if self.centroids is not None:  # the same lists as the kNN's, so their bounds hold
                 if lb is None:
                     lb = np.concatenate([self._lower_bounds(qs.qc[s : s + chunk]) for s in range(0, len(queries), chunk)])
                 need &= lb[:, lst] < np.minimum(hi, rmax[lst]) + (1e-7 * rmax[lst] if inclusive else 0.0)
             rows = np.flatnonzero(need)
             if len(rows):
-                yield from self._ball_list(qs, queries, aug, r_pos, rows, int(lst), inclusive, lo, hi)
+                yield from self._ball_list(qs, queries, layout, rows, int(lst), inclusive, lo, hi)
 
-    def _ball_list(self, qs, queries, aug, r_pos, rows, lst, inclusive, lo, hi):
-        """Yield the inside pairs of list `lst` for queries `rows`, QUERY_BLOCK queries per GEMM."""
+    def _ball_list(self, qs, queries, layout, rows, lst, inclusive, lo, hi):
+        """Yield the inside pairs of list `lst` for queries `rows`, QUERY_BLOCK × REF_TILE per GEMM."""
+        buf = self._tile_buffer(len(rows))
+        a, b = int(layout.starts[lst]), int(layout.starts[lst + 1])
         for s in range(0, len(rows), QUERY_BLOCK):
-            with _gemm_only_threads():
-                found = self._ball_block(qs, queries, aug, r_pos, rows[s : s + QUERY_BLOCK], lst, inclusive, lo, hi)
-            if found is not None:
-                yield found
+            for t in range(a, b, REF_TILE):
+                with _gemm_only_threads():
+                    found = self._ball_tile(qs, queries, layout, rows[s : s + QUERY_BLOCK], t, min(b, t + REF_TILE),
+                                            inclusive, lo, hi, buf)
+                if found is not None:
+                    yield found
 
-    def _ball_block(self, qs, queries, aug, r_pos, part, lst, inclusive, lo, hi) -> tuple[np.ndarray, np.ndarray] | None:
-        a, b = int(self.starts[lst]), int(self.starts[lst + 1])
-        scores = _mm(aug[a:b], qs.aug[_tensor(part).to(self.device)].T)  # ‖q‖² − A < r²  <=>  A > ‖q‖² (within ±F)
+    def _ball_tile(self, qs, queries, layout, part, a, b, inclusive, lo, hi, buf) -> tuple[np.ndarray, np.ndarray] | None:
+        q_t = qs.aug[_tensor(part).to(self.device)].T
+        scores = _mm(layout.aug[a:b], q_t, buf[: (b - a) * len(part)].view(b - a, len(part)))  # ‖q‖² − A < r²  <=>  A > ‖q‖² (within ±F)
         groups = scores.view(scores.shape[0] // GROUP, GROUP, scores.shape[1])
         qn = _tensor(qs.qn[part]).to(self.device)
         bound = _tensor(qs.bound[part]).to(self.device)
@@ -327,17 +393,42 @@ class Engine:
             return None
         r, c, val = found
         pos = c + a
-        rad = _tensor(r_pos).to(self.device)[pos]
+        rad = layout.r_pos_t[pos]
         lo_t, hi_t = _tensor(lo[part]).to(self.device), _tensor(hi[part]).to(self.device)
         useful = (rad > lo_t[r]) & (rad < hi_t[r])
         r, pos, val, rad = r[useful], pos[useful], val[useful], rad[useful]
         sure = val.double() > qn[r] + bound[r] * 1.01
         unsure = (~sure).nonzero().squeeze(1)
-        ids = self.order_t[pos]
+        ids = layout.order_t[pos]
         if len(unsure):
             d = self._pair_distances(queries[part], r[unsure], ids[unsure])
             sure[unsure] = d <= rad[unsure] if inclusive else d < rad[unsure]
         return part[r[sure].cpu().numpy()], ids[sure].cpu().numpy()
+
+
+class _BallLayout:
+    """References in radius-sorted lists as [2x, r² − ‖x‖²] GEMM operands (padding rows PAD),
+    with per list the min/max radius: what a ball scan reads."""
+
+    def __init__(self, engine: Engine, lists: list[np.ndarray], radii: np.ndarray) -> None:
+        self.radii = radii
+        sizes = np.array([len(ids) for ids in lists], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(-(-sizes // GROUP) * GROUP)])
+        order = np.full(int(self.starts[-1]), -1, dtype=np.int64)
+        for start, ids in zip(self.starts, lists):
+            order[start : start + len(ids)] = ids
+        real = order >= 0
+        xc = np.zeros((len(order), engine.dim), dtype=np.float32)
+        xc[real] = engine.vectors[order[real]] - engine.mean  # as the kNN operand: the same centring rounding
+        xn = np.einsum("ij,ij->i", xc, xc, dtype=np.float64)
+        r_pos = np.where(real, radii[np.maximum(order, 0)], -np.inf).astype(np.float64)
+        self.aug, self.cmax = engine._operand(xc, np.where(real, r_pos**2, 0) - xn, real)
+        del xc
+        span = [r_pos[a:b][real[a:b]] for a, b in zip(self.starts[:-1], self.starts[1:])]
+        self.rmin = np.array([x.min(initial=np.inf) for x in span])
+        self.rmax = np.array([x.max(initial=-np.inf) for x in span])
+        self.r_pos_t = _tensor(r_pos).to(engine.device)
+        self.order_t = _tensor(order).to(engine.device)
 
 
 class _Queries:
@@ -360,34 +451,35 @@ class _Pool:
         self.full = torch.zeros(m, dtype=torch.bool, device=device)
         self.margin = _tensor((2.0 * bound * 1.01).astype(np.float32)).to(device)
 
-    def fold(self, rows: torch.Tensor | slice, scores: torch.Tensor, offset: int) -> None:
-        """Merge a block of A (block × rows, transposed) whose first reference is position `offset`.
-        `rows`: the block's queries, a slice where they are contiguous (no gather/scatter then)."""
-        groups = scores.view(scores.shape[0] // GROUP, GROUP, scores.shape[1])
-        peaks = groups.amax(1)  # (groups × rows)
+    def lines(self, rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The filter line of queries `rows` (a copy, raised by `start_lines`) and which of them
+        have no full pool yet (None when all have one)."""
         full = self.full[rows]
-        line = self.thr[rows].clone()
-        if not bool(full.all()):
-            fresh = (~full).nonzero().squeeze(1)
-            if peaks.shape[0] >= self.k:  # the k largest entries lie in the k groups of largest peaks
-                best = peaks[:, fresh].topk(self.k, dim=0, sorted=False).indices  # (k × fresh)
-                vals = groups[best, :, fresh[None, :]].permute(1, 0, 2).reshape(len(fresh), -1)
-                kth = vals.topk(self.k, dim=1, sorted=True).values[:, -1]
-                line[fresh] = kth - self.margin[rows][fresh]
-            else:  # fewer than k groups: every entry of this small block is a candidate
-                line[fresh] = -torch.inf
-        found = _candidates(groups, peaks, line)
-        if found is None:
-            return
-        r, c, val = found
+        return self.thr[rows].clone(), None if bool(full.all()) else (~full).nonzero().squeeze(1)
+
+    def start_lines(
+        self, rows: torch.Tensor | slice, groups: torch.Tensor, peaks: torch.Tensor, line: torch.Tensor, fresh: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A line for queries `fresh` (indices into `rows`) from a tile's k-th largest entry, which
+        will be in their pools; returns who is still without one (all, while tiles have < k groups)."""
+        if peaks.shape[0] < self.k:  # fewer than k groups: every entry of this small tile is a candidate
+            return fresh
+        best = peaks[:, fresh].topk(self.k, dim=0, sorted=False).indices  # the k largest lie in these groups
+        vals = groups[best, :, fresh[None, :]].permute(1, 0, 2).reshape(len(fresh), -1)
+        kth = vals.topk(self.k, dim=1, sorted=True).values[:, -1]
+        line[fresh] = kth - self.margin[rows][fresh]
+        return None
+
+    def add(self, rows: torch.Tensor | slice, m: int, r: torch.Tensor, pos: torch.Tensor, val: torch.Tensor) -> None:
+        """Merge candidates (row within `rows`, position, A) into the pools of the m queries `rows`."""
         by_query = torch.argsort(r, stable=True)
-        r, c, val = r[by_query], c[by_query], val[by_query]
-        counts = torch.bincount(r, minlength=len(line))
+        r, pos, val = r[by_query], pos[by_query], val[by_query]
+        counts = torch.bincount(r, minlength=m)
         slot = torch.arange(len(r), device=r.device) - (torch.cumsum(counts, 0) - counts)[r]
         width = int(counts.max())
-        dense = torch.full((len(line), width), -torch.inf, device=scores.device)
-        where = torch.full((len(line), width), -1, dtype=torch.int64, device=scores.device)
-        dense[r, slot], where[r, slot] = val, c + offset
+        dense = torch.full((m, width), -torch.inf, device=val.device)
+        where = torch.full((m, width), -1, dtype=torch.int64, device=val.device)
+        dense[r, slot], where[r, slot] = val, pos
         self._merge(rows, dense, where)
 
     def _merge(self, rows: torch.Tensor | slice, val: torch.Tensor, pos: torch.Tensor) -> None:
@@ -446,13 +538,14 @@ def _gemm_only_threads() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b on all of torch's threads (restored to one afterwards inside `_gemm_only_threads`)."""
+def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b (into `out` when given) on all of torch's threads (restored to one afterwards inside
+    `_gemm_only_threads`)."""
     if not _GEMM_THREADS or a.device.type != "cpu":
-        return torch.mm(a, b)
+        return torch.mm(a, b, out=out)
     torch.set_num_threads(_GEMM_THREADS[-1])
     try:
-        return torch.mm(a, b)
+        return torch.mm(a, b, out=out)
     finally:
         torch.set_num_threads(1)
 
@@ -475,6 +568,12 @@ def _error_bound(q_norm: np.ndarray, x_max: float, c_max: float, dim: int) -> np
     delta = 1.01 * U32 * (q_norm + x_max)
     compare = 4 * U32 * (q_norm**2 + 2 * q_norm * x_max + c_max)  # float32 rounding of the lines compared with A
     return gemm + 2 * delta * (q_norm + x_max + delta) + compare
+
+
+def _list_means(xc: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Mean of each list's members (centred coordinates): where the list lies."""
+    return np.stack([xc[a : a + n].mean(axis=0, dtype=np.float64) if n else np.zeros(xc.shape[1])
+                     for a, n in zip(starts, sizes)])
 
 
 def _list_radii(xc: np.ndarray, starts: np.ndarray, sizes: np.ndarray, centroids: np.ndarray) -> np.ndarray:

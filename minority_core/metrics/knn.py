@@ -24,7 +24,8 @@ import faiss
 import numpy as np
 
 from minority_core.errors import InputError
-from minority_core.metrics.exact import REF_BLOCK, Engine, torch_device
+from minority_core.metrics import exact
+from minority_core.metrics.exact import Engine, torch_device
 
 KINDS = ("auto", "exact", "ivf")
 DEVICES = ("auto", "cpu", "gpu")
@@ -142,10 +143,6 @@ class KnnIndex:
         lists = _kmeans_lists(vectors, seed) if kind == "ivf" else None
         return cls(kind, vectors, lists, device)
 
-    def sort_lists_by(self, radii: np.ndarray) -> None:
-        """Keep each list (exact: all rows) in ascending `radii` order, so rarity scans stop early."""
-        self.engine = self.engine.sorted_by(np.asarray(radii, dtype=np.float64))
-
     # ------------------------------------------------------------ queries
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -200,8 +197,10 @@ def _check_choice(value: str, allowed: tuple[str, ...], name: str) -> None:
 
 
 def _engine(vectors: np.ndarray, mean: np.ndarray, lists: np.ndarray | None, device) -> Engine:
-    if lists is None:
-        blocks = [np.arange(s, min(s + REF_BLOCK, len(vectors))) for s in range(0, len(vectors), REF_BLOCK)]
+    if lists is None:  # every list is scanned; k-means only orders the rows, so that lists (tiles) are compact
+        tile = exact.REF_TILE
+        rows = np.argsort(_kmeans_lists(vectors, 0, tile), kind="stable")
+        blocks = [rows[s : s + tile] for s in range(0, len(rows), tile)]
         return Engine(vectors, mean, blocks, None, device)
     order = np.argsort(lists, kind="stable")
     bounds = np.searchsorted(lists[order], np.arange(int(lists.max()) + 2))
@@ -210,10 +209,10 @@ def _engine(vectors: np.ndarray, mean: np.ndarray, lists: np.ndarray | None, dev
     return Engine(vectors, mean, members, centroids, device)
 
 
-def _kmeans_lists(vectors: np.ndarray, seed: int) -> np.ndarray:
-    """k-means list (int32) of every row: ~IVF_LIST_SIZE rows a list, trained on a sample."""
+def _kmeans_lists(vectors: np.ndarray, seed: int, list_size: int | None = None) -> np.ndarray:
+    """k-means list (int32) of every row: ~`list_size` (IVF_LIST_SIZE) rows a list, trained on a sample."""
     n, d = vectors.shape
-    nlist = max(1, round(n / IVF_LIST_SIZE))
+    nlist = max(1, round(n / (list_size or IVF_LIST_SIZE)))
     if nlist == 1:
         return np.zeros(n, dtype=np.int32)
     rng = np.random.default_rng(seed)

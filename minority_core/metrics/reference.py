@@ -58,9 +58,8 @@ class ReferenceSet:
     accuracy: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        # One array object: the index caches its ball operand per radii array.
+        # One array object: the index caches its radius-sorted ball operand per radii array.
         self._radii = np.ascontiguousarray(self.knn_distances[:, self.k_rarity - 1], dtype=np.float64)
-        self.index.sort_lists_by(self._radii)
 
     @property
     def features(self) -> np.ndarray:
