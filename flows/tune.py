@@ -22,7 +22,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.runtime import artifact, run_logger
-from flows.scoring import ensure_reference, report_runs, score_run
+from flows.scoring import _named, ensure_reference, report_runs, score_run
 from flows.synthesize import LANE_RUNNER, run_synthesis
 from minority_core.config import SynthesisConfig, resolve_storage_options
 from minority_core.config.presets import preset_for, resolve_sampler
@@ -271,7 +271,7 @@ def tune_guidance(
     }
 
 
-tune = flow(name="tune-guidance", flow_run_name=lambda: "tune", task_runner=LANE_RUNNER, log_prints=True)(tune_guidance)
+tune = flow(name="tune-guidance", flow_run_name=_named("tune", "out"), task_runner=LANE_RUNNER, log_prints=True)(tune_guidance)
 
 
 def _verdict(chosen: dict | None, refusal: Exception | None, plan: TunePlan) -> str:
