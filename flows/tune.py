@@ -214,9 +214,10 @@ def tune_guidance(
     )
     logger = run_logger()
     options = plan.storage_options
+    for config in plan.configs:  # the model loads here first: a spec that does not load fails before the reference is built
+        run_synthesis(config)
     ensure_reference(plan.reference, plan.extractor, plan.reference_source, options, plan.configs[0].execution.device)
     for config in plan.configs:
-        run_synthesis(config)
         score_run(config.output.out, plan.reference, storage_options=options, workers=config.execution.workers, ray_address=config.execution.ray_address)
     title = f"minority-synth tune: {plan.model}"
     result = report_runs([c.output.out for c in plan.configs], plan.reference, plan.out, title=title, storage_options=options, artifact_prefix="tune")
