@@ -32,6 +32,7 @@ import argparse
 import gc
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -174,12 +175,20 @@ def ours(ref: np.ndarray, q: np.ndarray, kind: str, args: argparse.Namespace) ->
 
 
 def faiss_flat(ref: np.ndarray, q: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
-    """Raw FAISS exact kNN: the self-kNN a build needs and the query kNN scoring needs, nothing else."""
+    """Raw FAISS exact kNN: the self-kNN a build needs and the query kNN scoring needs, nothing else
+    (on the GPU with --device cuda where this FAISS build has GPU support)."""
     index = faiss.IndexFlatL2(ref.shape[1])
+    if args.device == "cuda" and faiss_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
     index.add(ref)
     _, build_s, _ = measure(lambda: index.search(ref, args.k_lof + 1))
     _, score_s, _ = measure(lambda: index.search(q, args.k_lof))
     return {"build_s": build_s, "score_s": score_s}
+
+
+def faiss_gpus() -> int:
+    """GPUs this FAISS build can use (0 for faiss-cpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
 def sklearn_scores(
@@ -348,9 +357,16 @@ def warm_up(device: str) -> None:
 
 def main() -> None:
     args = parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print(f"--device cuda but torch {torch.__version__} sees no CUDA device: run it on a GPU machine "
+              "with a CUDA build of torch, or drop --device cuda", file=sys.stderr)
+        sys.exit(2)
     warm_up(args.device)
     print(f"kNN metrics benchmark: k_avg={args.k_avg} k_lof={args.k_lof} k_rarity={args.k_rarity}, "
           f"{os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads; peak = VmHWM growth during the phase")
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name()}, torch CUDA {torch.version.cuda}; raw FAISS baseline on "
+              f"{'the GPU' if faiss_gpus() else 'the CPU (faiss-cpu build)'}")
     for d in args.dims:
         for n in args.refs:
             (scale if args.scale else bench)(n, d, args)

@@ -183,12 +183,17 @@ def test_ball_boundary_is_inclusive_or_strict():
     assert sum(strict, []) == [0] and sorted(sum(inclusive, [])) == [0, 1]
 
 
-def test_gpu_request_without_gpu_is_a_clear_error():
+@pytest.mark.parametrize("device", ["gpu", "cuda", "cuda:0"])
+def test_gpu_request_without_gpu_is_a_clear_error(device):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(ValueError, match="device='gpu' but torch sees no CUDA device.*use device='cpu'"):
-        KnnIndex.build(random_normal(50, 4, seed=0), kind="exact", device="gpu")
-    assert not KnnIndex.build(random_normal(50, 4, seed=0), device="auto").on_gpu  # auto falls back quietly
+    message = f"device='{device}' but torch sees no CUDA device \\(.*\\): use device='cpu' or 'auto'"
+    with pytest.raises(ValueError, match=message):
+        KnnIndex.build(random_normal(50, 4, seed=0), kind="exact", device=device)
+    x = random_normal(300, 4, seed=0)
+    auto = KnnIndex.build(x, kind="exact", device="auto")  # auto falls back quietly, same answers
+    assert not auto.on_gpu and auto.device.type == "cpu"
+    np.testing.assert_array_equal(auto.search(x[:20], 5)[1], KnnIndex.build(x, kind="exact", device="cpu").search(x[:20], 5)[1])
 
 
 def test_lowered_matmul_precision_is_refused():
@@ -214,6 +219,8 @@ X = random_normal(30, 4, seed=14)
         (lambda: KnnIndex.build(np.where(np.arange(120).reshape(30, 4) == 5, np.inf, X)), "NaN or inf .*row 1"),
         (lambda: KnnIndex.build(X, kind="kd"), "kind='kd'"),
         (lambda: KnnIndex.build(X, device="tpu"), "device='tpu'"),
+        (lambda: KnnIndex.build(X, device="cuda:x"), "device='cuda:x' is not one of auto, cpu, gpu, cuda or cuda:N"),
+        (lambda: KnnIndex("exact", X, None, device="tpu"), "device='tpu' is not one of"),
         (lambda: KnnIndex.build(X).search(np.zeros((3, 5)), 2), "5 dims but the reference has 4"),
         (lambda: KnnIndex.build(X).search(np.full((2, 4), np.nan), 2), "queries contains NaN"),
         (lambda: KnnIndex.build(X).search(X, 0), "k=0 must be at least 1"),

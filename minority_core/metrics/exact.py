@@ -57,7 +57,8 @@ PAD = -1.0e30  # the constant column of padding rows: their A is never a candida
 
 
 def torch_device(device: str) -> torch.device:
-    """'cpu' | 'gpu' | 'auto' as a torch device; 'gpu' without CUDA is a one-line InputError."""
+    """'cpu' | 'auto' | 'gpu' | 'cuda' | 'cuda:N' as a torch device.  'auto' falls back to the CPU
+    without CUDA; a GPU asked for without one (or an unknown index) is a one-line InputError."""
     if torch.get_float32_matmul_precision() != "highest":
         raise InputError(
             f"torch float32 matmul precision is {torch.get_float32_matmul_precision()!r}, which breaks the "
@@ -66,12 +67,19 @@ def torch_device(device: str) -> torch.device:
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise InputError("device='gpu' but torch sees no CUDA device (CPU-only build or no GPU): use device='cpu'")
+        build = "a CPU-only torch build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build, no GPU visible"
+        raise InputError(f"device={device!r} but torch sees no CUDA device ({build}): use device='cpu' or 'auto'")
+    index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+    if index >= torch.cuda.device_count():
+        raise InputError(
+            f"device={device!r} but torch sees {torch.cuda.device_count()} CUDA device(s): use cuda:0 .. "
+            f"cuda:{torch.cuda.device_count() - 1}"
+        )
     if torch.backends.cuda.matmul.allow_tf32:
         raise InputError(
             "torch.backends.cuda.matmul.allow_tf32 is on, which breaks the float32 error bounds: set it to False"
         )
-    return torch.device("cuda")
+    return torch.device("cuda", index)
 
 
 class Engine:

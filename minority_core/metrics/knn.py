@@ -15,6 +15,7 @@ of only the candidates the bound cannot settle.  Two kinds:
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # FAISS's OpenMP spins 2-4x slower otherwise
 
@@ -28,7 +29,7 @@ from minority_core.metrics import exact
 from minority_core.metrics.exact import Engine, torch_device
 
 KINDS = ("auto", "exact", "ivf")
-DEVICES = ("auto", "cpu", "gpu")
+DEVICES = ("auto", "cpu", "gpu", "cuda")  # and cuda:N; gpu = cuda
 
 # "auto" scans everything while the brute-force work (indexed rows × expected queries × dims) stays
 # under this many multiply-adds: ~10 s of sgemm on the 2-core machine; beyond it the IVF bounds pay
@@ -110,6 +111,7 @@ class KnnIndex:
         self.kind = kind
         self.vectors = vectors
         self.lists = lists
+        _check_device(device)
         self.device = torch_device(device)
         self.mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
         self.engine = _engine(vectors, self.mean, lists, self.device)
@@ -135,7 +137,7 @@ class KnnIndex:
         Both give the exact answers."""
         vectors = as_matrix(features, "features")
         _check_choice(kind, KINDS, "kind")
-        _check_choice(device, DEVICES, "device")
+        _check_device(device)
         n, d = vectors.shape
         if kind == "auto":
             queries = n if expected_queries is None else max(1, int(expected_queries))
@@ -194,6 +196,11 @@ class KnnIndex:
 def _check_choice(value: str, allowed: tuple[str, ...], name: str) -> None:
     if value not in allowed:
         raise InputError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _check_device(device: str) -> None:
+    if not (isinstance(device, str) and (device in DEVICES or re.fullmatch(r"cuda:\d+", device))):
+        raise InputError(f"device={device!r} is not one of {', '.join(DEVICES)} or cuda:N")
 
 
 def _engine(vectors: np.ndarray, mean: np.ndarray, lists: np.ndarray | None, device) -> Engine:
