@@ -116,13 +116,16 @@ def synthesize_dataset(
 
 @flow(name="build-reference", flow_run_name=_dataset_task_name)
 def build_dataset_reference(dataset: str) -> dict:
+    """The dataset's reference set, in the feature space its runs score in (the model preset's
+    extractor unless the file pins one, or the offline fallback), never a fixed default."""
     entry = get_dataset(dataset)
+    extractor = entry.synthesis_config(read_prompts=False).output.extractor
     with tags(*entry.deployment_tags()):
-        return build_reference(entry.reference_source, entry.reference_url, extractor=entry.reference.extractor or "inception-pool3")
+        return build_reference(entry.reference_source, entry.reference_url, extractor=extractor)
 
 
 @flow(name="score", flow_run_name=_dataset_task_name)
 def score_dataset_run(dataset: str, run: str) -> dict:
     entry = get_dataset(dataset)
     with tags(*entry.deployment_tags()):
-        return score(entry.resolve(run), entry.reference_url)
+        return score(entry.resolve(run, "run"), entry.reference_url)

@@ -239,6 +239,79 @@ def _corrupt_features(tmp: Path):
     return store.read_shard(record)
 
 
+def refused_case(args, files: dict[str, str] | None = None):
+    """A CLI row refused before any work: exit 2, and nothing written in the test folder (its
+    `files`, written first, are the input)."""
+
+    def run(tmp):
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        before = sorted(tmp.rglob("*"))
+        code, output = cli(*[a.format(tmp=tmp) for a in args])
+        assert code == 2, output
+        assert sorted(tmp.rglob("*")) == before, "a refused command wrote something"
+        return output.strip().splitlines()[-1]
+
+    return run
+
+
+def _empty_run(tmp: Path) -> str:
+    """A run whose manifest lists no shard (every one forgotten by `verify --repair`, say)."""
+    from minority_core import __version__
+    from minority_core.io import Manifest, ShardStore
+
+    config = SynthesisConfig.from_options(num_samples=8, shard_size=4, out=str(tmp / "empty"))
+    ShardStore(config.output.out).write_manifest(Manifest(config=config.output_identity(), code_version=__version__))
+    return config.output.out
+
+
+def _arm_result_of_empty_run(tmp: Path):
+    from minority_core.runs.results import arm_result
+
+    return arm_result(_empty_run(tmp), np.zeros((8, 64), np.float32), {})
+
+
+LATENT_DATASET = """name: {name}
+model: latent:/nonexistent/pipeline
+reference: {{source: bundled:digits, url: /tmp/ref}}
+output: /tmp/out
+"""
+
+# #18 "Integrity": unbounded inputs, dataset files, messages that named nothing
+CASES.update({
+    "cli: 10**12 samples in shards of 1": (
+        refused_case(["synthesize", "--num-samples", str(10**12), "--shard-size", "1", "--out", "{tmp}/o"]),
+        "are 1,000,000,000,000 shards; a run holds at most 10,000,000: raise --shard-size",
+    ),
+    "cli: dataset cron 99 99 99 99 99": (
+        refused_case(["datasets", "validate", "{tmp}/cron.yaml"], {"cron.yaml": VALID_DATASET.format(name="cron") + "schedule: {cron: '99 99 99 99 99'}\n"}),
+        "schedule.cron: Invalid cron string",
+    ),
+    "cli: dataset timezone Mars/Olympus": (
+        refused_case(["datasets", "validate", "{tmp}/mars.yaml"], {"mars.yaml": VALID_DATASET.format(name="mars") + "schedule: {cron: '0 3 * * *', timezone: Mars/Olympus}\n"}),
+        "schedule.timezone: Invalid timezone",
+    ),
+    "cli: dataset device banana": (
+        refused_case(["datasets", "validate", "{tmp}/dev.yaml"], {"dev.yaml": VALID_DATASET.format(name="dev") + "run: {device: banana}\n"}),
+        "device must be cpu, cuda, cuda:N or mps, got 'banana'",
+    ),
+    "cli: dataset prompts file outside": (
+        refused_case(["datasets", "validate", "{tmp}/pw.yaml"], {"pw.yaml": LATENT_DATASET.format(name="pw") + "prompts: {file: ../../../../etc/passwd}\n"}),
+        "prompts.file: '../../../../etc/passwd' climbs out of the folder relative paths start at",
+    ),
+    "cli: dataset output outside": (
+        refused_case(["datasets", "validate", "{tmp}/up.yaml"], {"up.yaml": VALID_DATASET.format(name="up").replace("output: /tmp/out", "output: ../../elsewhere")}),
+        "output: '../../elsewhere' climbs out of the folder relative paths start at (the project root, or the dataset file's own folder "
+        "outside the project): keep it inside that folder, or give an absolute path",
+    ),
+    "cli: dataset reference outside": (
+        refused_case(["datasets", "validate", "{tmp}/ru.yaml"], {"ru.yaml": VALID_DATASET.format(name="ru").replace("url: /tmp/ref", "url: runs/../../ref")}),
+        "reference.url: 'runs/../../ref' climbs out",
+    ),
+    "run: report of an empty run": (raises_case(_arm_result_of_empty_run, ""), "has no committed samples (an empty or unfinished run): run `minority-synth synthesize`"),
+})
+
+
 def test_table_has_at_least_30_rows():
     assert len(CASES) >= 30
 

@@ -5,6 +5,7 @@ repository (`--datasets-dir`, $MINORITY_DATASETS_DIR), and builds the standard b
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -255,3 +256,50 @@ def test_the_example_text_to_image_dataset_validates_once_its_pipeline_and_data_
     assert result.exit_code == 0 and f"extractor pixels, output {tmp_path / 'runs'}, {len(prompts)} prompts)" in result.output, result.output
     shutil.rmtree(pipeline / "vae")
     assert f"model: the pipeline in {pipeline} lacks vae/" in error_line(cli("datasets", "validate", path))
+
+
+# --------------------------------------------------------------------------- what a dataset deploys as
+
+
+def test_serve_skips_a_bad_dataset_in_one_line_and_serves_the_others(tmp_path, monkeypatch):
+    """One file with an impossible cron must not stop serve.py from serving every other dataset."""
+    import importlib
+
+    folder = tmp_path / "datasets"
+    write(folder, "good", schedule={"cron": "0 3 * * *"})
+    write(folder, "bad", schedule={"cron": "99 99 99 99 99"})
+    monkeypatch.setenv(ds.DATASETS_ENV, str(folder))
+    serve = importlib.import_module("deployments.serve")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # Prefect's logging config keeps this logger's records from pytest's caplog
+    serve.LOG.addHandler(handler)
+    try:
+        served = serve.deployments(ds.list_datasets())
+    finally:
+        serve.LOG.removeHandler(handler)
+    assert sorted((d.flow_name, d.name) for d in served) == [("build-reference", "good"), ("score", "good"), ("synthesize", "good")]
+    lines = [r.getMessage() for r in records]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert lines[0].startswith(f"not serving dataset bad: {folder / 'bad.yaml'}: schedule.cron: Invalid cron string"), lines
+
+
+def test_build_reference_of_a_dataset_uses_the_extractor_its_runs_score_with(prefect_api, tmp_path, monkeypatch):
+    """No extractor pinned: the model preset's (demo-classifier for digits), as its runs use, not inception-pool3."""
+    import numpy as np
+    from PIL import Image
+
+    from flows.dataset_runs import build_dataset_reference
+
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, pixels in enumerate(np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)):  # a small source: quick to build
+        Image.fromarray(pixels, "L").save(real / f"{i:02d}.png")
+    folder = tmp_path / "datasets"
+    write(folder, "unpinned", reference={"source": str(real), "url": str(folder / "ref")})
+    monkeypatch.setenv(ds.DATASETS_ENV, str(folder))
+    runs_use = ds.get_dataset("unpinned").synthesis_config(read_prompts=False).output.extractor
+    assert runs_use == "demo-classifier"
+    build_dataset_reference("unpinned")
+    assert (folder / "ref" / runs_use / "index" / "meta.json").is_file()
+    assert sorted(p.name for p in (folder / "ref").iterdir()) == [runs_use]

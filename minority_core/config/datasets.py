@@ -19,10 +19,10 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from minority_core.config.guidance import MinorityGuidance
 from minority_core.config.synthesis import KNOBS, Count, SynthesisConfig, describe_validation_error
@@ -41,17 +41,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def stays_inside(path: str) -> str:
+    """A relative local path must not climb out of the folder relative paths start at (`../..`
+    reaches /etc or another project's data); URLs and absolute paths are explicit and stay as given."""
+    if "://" in path or os.path.expanduser(path).startswith("/"):
+        return path
+    if os.path.normpath(path).split(os.sep)[0] == "..":
+        raise InputError(f"{path!r} climbs out of the folder relative paths start at (the project root, or the dataset file's own folder "
+                         "outside the project): keep it inside that folder, or give an absolute path")
+    return path
+
+
+LocalPath = Annotated[str, AfterValidator(stays_inside)]
+
+
 class ReferenceEntry(_Strict):
-    source: str
+    source: LocalPath
     extractor: str | None = None  # None: the model's default, or OFFLINE_EXTRACTOR when its weights are absent
-    url: str
+    url: LocalPath
 
 
 class PromptsEntry(_Strict):
     """Text-to-image (latent:) datasets: the prompts, inline (`items`) or a file of one per line."""
 
     items: list[str] | None = Field(default=None, min_length=1)
-    file: str | None = None
+    file: LocalPath | None = None
     cfg_scale: float | None = Field(default=None, ge=0)
     negative_prompt: str | None = None
 
@@ -90,7 +104,7 @@ class DatasetEntry(_Strict):
     model: str
     preset: str | None = None
     reference: ReferenceEntry
-    output: str
+    output: LocalPath
     sampler: dict[str, Any] = {}  # SamplerConfig fields (steps, sampler, method, class_labels, ...); omitted: the model's preset
     guidance: dict[str, Any] = {}  # MinorityGuidance fields (scale, perturb_ratio, every, ...); omitted: the model's preset
     prompts: PromptsEntry | None = None
@@ -100,6 +114,12 @@ class DatasetEntry(_Strict):
     tags: list[str] = []
     _base: Path = PrivateAttr(default=PROJECT_ROOT)  # where relative paths start (set by load_dataset_file)
     _file: Path | None = PrivateAttr(default=None)  # the file it was read from, for messages
+
+    @field_validator("model")
+    @classmethod
+    def _model_path_inside(cls, value: str) -> str:
+        scheme, _, target = value.partition(":")
+        return value if scheme == "bundled" else f"{scheme}:{stays_inside(target)}"
 
     @model_validator(mode="after")
     def _prompts_match_model(self) -> DatasetEntry:
@@ -170,11 +190,15 @@ class DatasetEntry(_Strict):
         items = self.prompts.items if self.prompts.items is not None else read_prompts_file(self.resolve(self.prompts.file))
         return {"prompts": items, "cfg_scale": self.prompts.cfg_scale, "negative_prompt": self.prompts.negative_prompt}
 
-    def resolve(self, path: str) -> str:
+    def resolve(self, path: str, key: str = "path") -> str:
         """URLs and absolute paths stay as they are; relative local paths start at the file's base
-        (the project root for files inside the project, else the file's folder)."""
+        (the project root for files inside the project, else the file's folder) and stay inside it."""
         if "://" in path:
             return path
+        try:
+            stays_inside(path)
+        except InputError as exc:
+            raise InputError(f"{key}: {exc}") from None
         path = os.path.expanduser(path)
         return path if path.startswith("/") else str(self._base / path)
 

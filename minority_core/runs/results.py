@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minority_core.demo.digits import RARE_CLASSES
+from minority_core.errors import InputError
 from minority_core.io import SCORE_COLUMNS, ShardRecord, ShardStore, decode_png, features_matrix
 from minority_core.runs.scoring import check_scores_cover_samples, open_run, score_table
 from minority_core.runs.select import prompts_of
@@ -35,6 +36,8 @@ def arm_result(run: str, reference_features: np.ndarray, storage_options: dict, 
     from minority_core.report import ArmResult, shown_rows
 
     store, manifest = open_run(run, storage_options)
+    if not manifest.records("samples"):  # else empty scores meet an empty run and fail later, naming nothing
+        raise InputError(f"{run} has no committed samples (an empty or unfinished run): run `minority-synth synthesize` for it, then `minority-synth score`")
     extractor = manifest.config["extractor"]
     scores = score_table(store, manifest)
     samples = check_scores_cover_samples(run, store, manifest, scores)
