@@ -20,18 +20,19 @@ from prefect.utilities.annotations import quote
 
 from flows.runtime import artifact, in_flow_run, run_logger, run_task
 from minority_core.config import resolve_storage_options
-from minority_core.errors import InputError, LeaseHeldError, MissingFileError
+from minority_core.errors import InputError, LeaseHeldError, MissingFileError, StorageError
 from minority_core.io import ShardStore
 from minority_core.io.lease import Lease, wait_released
-from minority_core.runs.reference import load_reference_features, reference_accuracy, reference_exists, reference_url
+from minority_core.runs.reference import load_reference_features, reference_accuracy, reference_digest, reference_exists, reference_url
 from minority_core.runs.results import CONFIDENT
-from minority_core.runs.scoring import open_run, record_scoring, unscored
+from minority_core.runs.scoring import check_committed, open_run, record_scoring, unscored
 from minority_core.runs.select import check_rule, select_rarest
 from tasks.score_pool import ScorePool
 from tasks.scoring import arm_result, build_reference_set, score_shards
 
 DEFAULT_SCORE_WORKERS = 2  # like synthesize's default; the scoring at the end of a run uses it too
 REFERENCE_WAIT_S = 3600.0  # how long a run waits for a reference set another run is building
+SCORE_ROUNDS = 3  # a scoring, then up to two more for scores storage lost meanwhile, before it fails naming them
 
 
 def _named(step: str, parameter: str):
@@ -45,9 +46,11 @@ def _named(step: str, parameter: str):
     return name
 
 
-def make_reference(source: str, reference: str, extractor: str = "demo-classifier", k_lof: int = 20, k_rarity: int = 3, index: str = "auto", device: str = "cpu", storage_options: dict | None = None) -> dict:
-    """Features of a real dataset (bundled:digits, an image folder, or Parquet with an image column) + its ReferenceSet."""
-    return run_task(build_reference_set, source, extractor, reference, resolve_storage_options(storage_options), k_lof, k_rarity, index, device)
+def make_reference(source: str, reference: str, extractor: str = "demo-classifier", k_lof: int = 20, k_rarity: int = 3, index: str = "auto", device: str = "cpu", storage_options: dict | None = None,
+                   overwrite: bool = False) -> dict:
+    """Features of a real dataset (bundled:digits, an image folder, or Parquet with an image column) + its ReferenceSet;
+    a set already built there is refused unless `overwrite`."""
+    return run_task(build_reference_set, source, extractor, reference, resolve_storage_options(storage_options), k_lof, k_rarity, index, device, overwrite)
 
 
 build_reference = flow(name="build-reference-set", flow_run_name=_named("reference", "reference"))(make_reference)
@@ -61,6 +64,9 @@ def ensure_reference(reference: str, extractor: str, source: str | None, storage
         raise InputError(f"no reference set at {reference_url(reference, extractor)}: run `minority-synth build-reference` or give reference_source")
     try:
         make_reference(source, reference, extractor=extractor, device=device, storage_options=storage_options)
+    except InputError:  # built by another run between the look and the lease: use it
+        if not reference_exists(reference, extractor, resolve_storage_options(storage_options)):
+            raise
     except LeaseHeldError:  # another run is building this very reference: use it once it is done
         url = reference_url(reference, extractor)
         run_logger().info("waiting for the reference set at %s, which another run is building", url)
@@ -83,18 +89,27 @@ def score_run(run: str, reference: str, k_avg: int = 5, storage_options: dict | 
     reference_index = f"{reference_url(reference, extractor)}/index"
     with Lease.acquire(store, "score") as lease:  # a second scorer of this run fails at once; synthesize's own scoring shares its lease
         store.lease = lease
+        check_committed(store, manifest, ("samples", f"features/{extractor}"))  # the samples it scores exist
         todo, done = unscored(store, manifest)  # (it removes uncommitted score files: only under the lease)
-        record_scoring(store, manifest, reference_index, k_avg)  # one reference and one k per run's scores, or one line
-        if todo:
+        skipped, scored = done, 0
+        record_scoring(store, manifest, reference_index, k_avg, reference_digest(reference_index, options))  # one reference and k per run's scores, or one line
+        for _ in range(SCORE_ROUNDS):  # again for scores storage lost meanwhile (one listing tells)
+            if not todo:
+                break
             worker = dict(run=store.url, reference_index=reference_index, extractor=extractor, k_avg=k_avg, storage_options=options)
             pool = ScorePool(worker, workers, ray_address)
             try:
                 run_task(score_shards, pool, quote(store), quote(manifest), quote(todo)) if in_flow_run() else score_shards.fn(pool, store, manifest, todo)
             finally:
                 pool.shutdown()
-    run_logger().info("scored %d shards (%d already scored) with %s on %s", len(todo), done, extractor,
+            scored += len(todo)
+            todo, _ = unscored(store, manifest)
+        if todo:
+            raise StorageError(f"{store.url}: scores of {', '.join(r.key for r in todo[:3])} disappeared from storage again after being "
+                               f"written {SCORE_ROUNDS} times: check what deletes files under it, then rerun `minority-synth score`")
+    run_logger().info("scored %d shards (%d already scored) with %s on %s", scored, skipped, extractor,
                           f"{workers} Ray actor(s)" if workers else "this process")
-    return {"run": run, "scored_shards": len(todo), "skipped_shards": done, "extractor": extractor}
+    return {"run": run, "scored_shards": scored, "skipped_shards": skipped, "extractor": extractor}
 
 
 score = flow(name="score-run", flow_run_name=_named("score", "run"))(score_run)

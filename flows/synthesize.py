@@ -21,13 +21,16 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from minority_core.config import SynthesisConfig
+from minority_core.errors import StorageError
 from minority_core.io.lease import Lease
+from minority_core.runs.plan import resolve_out
 from tasks.ray_address import check_ray_address
 from tasks.ray_pool import ActorPool, ClusterLostError, InProcessPool
-from tasks.synthesis import LaneTotals, ManifestCommitter, Progress, ShardQueue, features_kind, generate_lane, open_store, plan_shards
+from tasks.synthesis import LaneTotals, ManifestCommitter, Progress, ShardQueue, features_kind, generate_lane, open_store, plan_missing, plan_shards
 
 MAX_LANES = 1024  # threads for lanes, one per actor (one per GPU on a cluster); created only as lanes start
 GROW_EVERY_S = 5.0  # how often the flow looks for room to replace a worker lost with its node
+VERIFY_ROUNDS = 2  # times the end-of-run check regenerates committed shards storage lost, before it fails naming them
 
 
 def _run_name() -> str:
@@ -88,6 +91,9 @@ def run_synthesis(config: SynthesisConfig, progress: bool = False, progress_arti
     `progress_artifact`: a progress artifact to update instead of a new one; `artifact_prefix`:
     the artifacts' keys start with it (a dataset's name, so datasets do not overwrite each
     other's cards). The run holds OUT's write lease throughout: a second writer fails at once."""
+    out = resolve_out(config.output.out, config.execution.workers)  # memory:// with actors refused, file://rel made absolute
+    if out != config.output.out:
+        config = config.replace(out=out)
     if config.execution.workers:
         check_ray_address(config.execution.ray_address or os.environ.get("RAY_ADDRESS"))  # in seconds, before anything is written
     store = open_store(config)
@@ -108,27 +114,20 @@ def _synthesize_holding_lease(config: SynthesisConfig, store, progress: bool, pr
         progress_id = progress_artifact
         update_progress_artifact(progress_id, 100.0 * plan.done / plan.total)
     totals = LaneTotals()
-    if plan.pending:
-        pool = make_pool(config)
-        bar = tqdm(total=plan.total, initial=plan.done, desc=f"shards ({o.arm})", unit="shard", disable=not progress)
-        reporter = Progress(progress_id, plan.total, plan.done, logger, bar)
-        committer = ManifestCommitter(store, plan.manifest, plan.total, reporter)
-        work = ShardQueue(plan.pending)
-        lanes: list = []
-        try:
-            lanes += [generate_lane.submit(pool, lane, work, committer) for lane in range(len(pool.actors))]
-            totals = run_lanes(pool, lanes, work, committer, logger)
-        except BaseException:
-            work.stop()
-            committer.close()
-            pool.shutdown()
-            wait(lanes, timeout=120)  # their workers are gone or finishing
-            committer.discard_uncommitted(("samples", features_kind(config)), logger)
-            raise
-        finally:
-            bar.close()
-            pool.shutdown()
-        reporter.finish(committer.committed_count())  # the committer stored the snapshot manifest with its last shard
+    pending = plan.pending
+    for round_ in range(VERIFY_ROUNDS + 1):
+        if pending:
+            totals.merge(_generate(config, store, plan, pending, progress_id, progress, logger))
+        # Storage may lose committed shards while the run goes on (a bucket recreated, a file
+        # deleted): one listing per kind, as a resume does, and what is gone is made again.
+        pending = plan_missing(config, store, plan.manifest) if totals.shards else pending  # a plain resume: its plan just listed them
+        if not pending:
+            break
+        if round_ == VERIFY_ROUNDS:
+            lost = ", ".join(f"{s.index:05d}" for s in pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
+            raise StorageError(f"{store.url}: committed shard(s) {lost} disappeared from storage again after being regenerated "
+                               f"{VERIFY_ROUNDS} time(s): check what deletes files under it, then rerun the same command to resume")
+        logger.warning("%d committed shard(s) are missing from %s at the end of the run: regenerating them", len(pending), store.url)
     report_url = None
     if o.reference:
         from flows.scoring import ensure_reference, report_runs, score_run
@@ -147,7 +146,7 @@ def _synthesize_holding_lease(config: SynthesisConfig, store, progress: bool, pr
         "samples": sum(r.rows for r in plan.manifest.records("samples")),
         "shards": plan.total,
         "generated_shards": totals.shards,
-        "skipped_shards": plan.total - totals.shards,
+        "skipped_shards": plan.done,
         "seconds": round(seconds, 2),
         "seconds_per_sample": totals.seconds / totals.rows if totals.rows else None,
         "manifest": store.url_of("manifest.json"),
@@ -157,6 +156,34 @@ def _synthesize_holding_lease(config: SynthesisConfig, store, progress: bool, pr
     create_markdown_artifact(_summary_markdown(config, summary), key=key, description=f"{o.arm} run summary")
     logger.info("synthesis done: %s", summary)
     return summary
+
+
+def _generate(config: SynthesisConfig, store, plan, pending, progress_id, progress: bool, logger) -> LaneTotals:
+    """Make the `pending` shards on the pool's workers, committing each; on failure stop, and
+    remove what was written but not committed."""
+    o = config.output
+    done = plan.total - len(pending)
+    pool = make_pool(config)
+    bar = tqdm(total=plan.total, initial=done, desc=f"shards ({o.arm})", unit="shard", disable=not progress)
+    reporter = Progress(progress_id, plan.total, done, logger, bar)
+    committer = ManifestCommitter(store, plan.manifest, plan.total, reporter)
+    work = ShardQueue(pending)
+    lanes: list = []
+    try:
+        lanes += [generate_lane.submit(pool, lane, work, committer) for lane in range(len(pool.actors))]
+        totals = run_lanes(pool, lanes, work, committer, logger)
+    except BaseException:
+        work.stop()
+        committer.close()
+        pool.shutdown()
+        wait(lanes, timeout=120)  # their workers are gone or finishing
+        committer.discard_uncommitted(("samples", features_kind(config)), logger)
+        raise
+    finally:
+        bar.close()
+        pool.shutdown()
+    reporter.finish(committer.committed_count())  # the committer stored the snapshot manifest with its last shard
+    return totals
 
 
 synthesize = flow(name="synthesize-run", flow_run_name=_run_name, task_runner=LANE_RUNNER, log_prints=True)(run_synthesis)

@@ -267,14 +267,17 @@ def _fmt(value) -> str:
 @click.option("--extractor", default="demo-classifier", show_default=True)
 @click.option("--index", type=click.Choice(["auto", "exact", "ivf"]), default="auto", show_default=True, help="kNN index: exact scans all; ivf prunes lists and is certified exact per query")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="rebuild a reference set already at --reference (runs scored against the old one then refuse to mix)")
 @storage_option
 @friendly_errors
-def build_reference_cmd(source, reference, extractor, index, device, storage_option):
-    """Features of real data + precomputed kNN radii and LOF densities, saved once."""
+def build_reference_cmd(source, reference, extractor, index, device, overwrite, storage_option):
+    """Features of real data + precomputed kNN radii and LOF densities, saved once (a built set is
+    refused unless --overwrite)."""
     from flows.scoring import build_reference, make_reference
 
     plain = _storage(storage_option)
-    click.echo(json.dumps(one_shot(build_reference, make_reference)(source, normalise_out(reference), extractor=extractor, index=index, device=device, storage_options=plain), indent=2))
+    click.echo(json.dumps(one_shot(build_reference, make_reference)(source, normalise_out(reference), extractor=extractor, index=index, device=device,
+                                                                    storage_options=plain, overwrite=overwrite), indent=2))
 
 
 @main.command("score")

@@ -19,9 +19,11 @@ PROGRESS_EVERY_S = 10.0  # at most one progress line this often, whatever the nu
 
 
 @task(name="build-reference-set", cache_policy=NO_CACHE, persist_result=False)
-def build_reference_set(source: str, extractor: str, reference_root: str, storage_options: dict, k_lof: int, k_rarity: int, index: str, device: str) -> dict:
+def build_reference_set(source: str, extractor: str, reference_root: str, storage_options: dict, k_lof: int, k_rarity: int, index: str, device: str,
+                        overwrite: bool = False) -> dict:
     """Features of the real data + the precomputed ReferenceSet (self-kNN radii, LOF lrd), saved once."""
-    return reference.build_reference_set(source, extractor, reference_root, storage_options, k_lof, k_rarity, index, device, logger=_logger())
+    return reference.build_reference_set(source, extractor, reference_root, storage_options, k_lof, k_rarity, index, device, logger=_logger(),
+                                         overwrite=overwrite)
 
 
 @task(name="score-shards", cache_policy=NO_CACHE, persist_result=False)

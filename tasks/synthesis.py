@@ -27,7 +27,7 @@ from minority_core.config import SynthesisConfig
 from minority_core.errors import NonFiniteSampleError, one_line
 from minority_core.io import ShardStore
 from minority_core.runs.commit import ManifestCommitter
-from minority_core.runs.plan import Plan, ShardSpec, plan_run, shard_specs
+from minority_core.runs.plan import Plan, ShardSpec, ShardSpecs, pending_shards, plan_run, shard_specs
 from minority_core.runs.worker import ShardResult
 from tasks.ray_pool import ActorLostError, Call, ClusterLostError, submit
 
@@ -52,6 +52,13 @@ def plan_shards(config: SynthesisConfig) -> Plan:
     o = config.output
     return plan_run(open_store(config), config.output_identity(), shard_specs(o.num_samples, o.shard_size, o.seed),
                     features_kind(config), overwrite=o.overwrite, logger=get_run_logger())
+
+
+def plan_missing(config: SynthesisConfig, store: ShardStore, manifest) -> ShardSpecs:
+    """The run's shards whose committed files are not on storage at their recorded sizes (one
+    listing per kind, no bytes read), forgotten in `manifest` so that they are made again."""
+    o = config.output
+    return pending_shards(store, manifest, shard_specs(o.num_samples, o.shard_size, o.seed), features_kind(config), get_run_logger())
 
 
 class Progress:

@@ -159,3 +159,132 @@ def test_an_edited_row_count_is_refused_naming_the_record(clean_run, run_copy):
     assert code == 0 and [b["shard"] for b in json.loads(output)["bad"]] == ["samples/00002"]
     again = synthesize(run_config(clean_run["model"], str(run_copy)))  # the forgotten shard is made again: 16, not 15
     assert again["samples"] == 16 and again["generated_shards"] == 1 and shard_hashes(str(run_copy)) == clean_run["hashes"]
+
+
+def lose_after_lanes(monkeypatch, lose) -> None:
+    """Storage loses committed shards while the run goes on: `lose()` runs once, right after the
+    lanes committed the last shard (fault injection into the real flow; nothing else replaced)."""
+    import flows.synthesize as flow_module
+
+    original, calls = flow_module.run_lanes, []
+
+    def run_lanes(*args, **kwargs):
+        totals = original(*args, **kwargs)
+        if not calls:
+            calls.append(lose())
+        return totals
+
+    monkeypatch.setattr(flow_module, "run_lanes", run_lanes)
+
+
+def test_a_committed_shard_deleted_during_the_run_is_made_again(clean_run, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    lose_after_lanes(monkeypatch, lambda: (out / "samples" / "shard-00001.parquet").unlink())
+    summary = synthesize(run_config(clean_run["model"], str(out)))
+    assert summary["samples"] == 16 and summary["generated_shards"] == 5  # 4, then the lost one again
+    assert (out / "samples" / "shard-00001.parquet").exists() and shard_hashes(str(out)) == clean_run["hashes"]
+
+
+def test_a_bucket_recreated_during_the_run_is_filled_again(clean_run, s3_bucket, monkeypatch):
+    import s3fs
+
+    from minority_core.io import ShardStore
+
+    url, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options)
+
+    def recreate() -> None:
+        fs.rm(url, recursive=True)  # bucket and every object gone, as a moto restart leaves it
+        fs.mkdir(url)
+        fs.invalidate_cache()
+
+    lose_after_lanes(monkeypatch, recreate)
+    summary = synthesize(run_config(clean_run["model"], f"{url}/run", storage_options={"client_kwargs": options["client_kwargs"]}))
+    assert summary["samples"] == 16 and summary["generated_shards"] == 8
+    store = ShardStore(f"{url}/run", options)
+    assert {k: r.sha256 for k, r in store.read_manifest().shards.items()} == clean_run["hashes"]
+    assert sorted(store.list_indices("samples")) == [0, 1, 2, 3] and all(store.verify(r) for r in store.read_manifest().shards.values())
+
+
+def pixels_reference(folder) -> str:
+    """A saved reference set in the runs' feature space (8×8 grey pixels, 64-d)."""
+    from minority_core.metrics import ReferenceSet
+
+    features = np.random.default_rng(1).uniform(-1, 1, size=(40, 64)).astype(np.float32)
+    ReferenceSet.build(features, k_lof=5, k_rarity=3, index="exact").save(str(folder / "pixels" / "index"))
+    return str(folder)
+
+
+def test_score_refuses_a_run_whose_samples_are_gone(clean_run, run_copy, tmp_path):
+    (run_copy / "samples" / "shard-00002.parquet").unlink()
+    code, output = cli("score", "--run", str(run_copy), "--reference", pixels_reference(tmp_path / "ref"), "--workers", "0")
+    assert code == 2 and "samples/00002 are missing from storage" in output and len(output.strip().splitlines()) == 1
+    assert not (run_copy / "scores").exists()
+
+
+# --------------------------------------------------------------------------- writers and where they write
+
+
+def test_sample_never_writes_into_a_synthesize_run(clean_run, run_copy):
+    before = (run_copy / "samples" / "shard-00000.parquet").read_bytes()
+    code, output = cli("sample", "--model", f"diffusers:{clean_run['model']}", "--out", str(run_copy), "--num-samples", "2", "--steps", "2")
+    assert code == 2 and "not a folder `sample` created" in output and len(output.strip().splitlines()) == 1
+    assert (run_copy / "samples" / "shard-00000.parquet").read_bytes() == before and not (run_copy / "grid.png").exists()
+    assert cli("verify", "--run", str(run_copy))[0] == 0  # every committed record still matches its bytes
+
+
+def test_memory_output_with_ray_workers_is_refused_before_work(clean_run):
+    code, output = cli("synthesize", "--model", f"diffusers:{clean_run['model']}", "--out", "memory://integrity/run", "--workers", "1",
+                       "--num-samples", "4", "--steps", "2")
+    assert code == 2 and "Ray workers cannot see" in output and len(output.strip().splitlines()) == 1
+
+
+def test_generation_runs_on_one_thread_in_process_too(clean_run):
+    """In-process generation runs on the thread count of an actor (1) and gives the process its own back."""
+    import torch
+
+    from minority_core.models import load_model
+    from minority_core.runs.generate import generate
+
+    loaded = load_model(f"diffusers:{clean_run['model']}", "cpu")
+    seen: list[int] = []
+    hook = loaded.model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generate(loaded, 2, run_config(clean_run["model"], "/unused").sampler, seed=0)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        hook.remove()
+        torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_actors_give_the_in_process_bytes_and_relative_file_urls_land_in_the_drivers_folder(clean_run, tmp_path, monkeypatch):
+    """workers 1 writes the bytes of workers 0 (the clean run; 1 vs 2 is test_pipeline's); and
+    `file://rel/run` resolves in the driver, whose working directory is not the Ray workers'."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    assert os.getcwd() != os.path.dirname(clean_run["out"])
+    one = synthesize(run_config(clean_run["model"], "file://rel/run", workers=1))
+    assert one["samples"] == 16 and one["generated_shards"] == 4
+    assert shard_hashes(str(tmp_path / "rel" / "run")) == clean_run["hashes"]
+    assert sorted(p.name for p in (tmp_path / "rel" / "run" / "samples").iterdir()) == [f"shard-{k:05d}.parquet" for k in range(4)]
+
+
+def test_a_built_reference_is_immutable_and_scores_name_the_one_they_came_from(clean_run, run_copy, tmp_path):
+    from flows.scoring import make_reference, score_run
+
+    ref = str(tmp_path / "ref")
+    make_reference("bundled:digits", ref, extractor="pixels", index="exact")
+    assert score_run(str(run_copy), ref, workers=0)["scored_shards"] == 4
+    build = ["build-reference", "--source", "bundled:digits", "--reference", ref, "--extractor", "pixels"]
+    meta = (tmp_path / "ref" / "pixels" / "index" / "meta.json").read_bytes()
+    code, output = cli(*build, "--index", "exact")
+    assert code == 2 and "already holds a reference set" in output and "--overwrite" in output and len(output.strip().splitlines()) == 1
+    assert (tmp_path / "ref" / "pixels" / "index" / "meta.json").read_bytes() == meta  # untouched
+    code, output = cli(*build, "--index", "ivf", "--overwrite")
+    assert code == 0, output
+    with pytest.raises(InputError, match="before that reference set was rebuilt"):  # not 'skipped 4' with the old set's scores
+        score_run(str(run_copy), ref, workers=0)

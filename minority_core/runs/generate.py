@@ -6,6 +6,9 @@ shard k do not depend on how many workers ran the job or in which order shards f
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -35,6 +38,40 @@ def generate(
         raise InputError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
     check_model_fits(loaded.spec, config)
     check_class_labels(loaded, config)
+    with generation_threads():
+        return _generate(loaded, num_samples, config, seed, device, progress, first_index)
+
+
+GENERATION_THREADS = 1  # what a Ray actor (one CPU, OMP_NUM_THREADS=1) runs with; in-process runs pin the same
+
+
+@contextmanager
+def generation_threads() -> Iterator[None]:
+    """Run the block on GENERATION_THREADS torch CPU threads, then restore the process's count.
+
+    CPU kernels split reductions by thread count, so the same seed on 2 threads (in-process,
+    --workers 0) and on 1 (an actor) gave different bytes in 3 of 16 shards; pinned, a shard's
+    bytes depend on neither the worker count nor where it ran (docs/DESIGN.md §4 "Seeds").
+    The count is process-wide: blocks in several threads share one pin, the last one restores."""
+    with _PIN_LOCK:
+        if not _PINNED:
+            _PINNED.append(torch.get_num_threads())
+            torch.set_num_threads(GENERATION_THREADS)
+        _PINNED.append(None)
+    try:
+        yield
+    finally:
+        with _PIN_LOCK:
+            _PINNED.pop()
+            if len(_PINNED) == 1:
+                torch.set_num_threads(_PINNED.pop())
+
+
+_PIN_LOCK = threading.Lock()
+_PINNED: list = []  # [count before the first pin, one entry per open block]
+
+
+def _generate(loaded: LoadedModel, num_samples: int, config: SamplerConfig, seed: int, device, progress: bool, first_index: int):
     generator = torch.Generator().manual_seed(seed)
     labels = _class_labels(loaded, num_samples, config, generator, first_index)
     prompts = sample_prompts(config, first_index, num_samples)

@@ -20,6 +20,7 @@ from minority_core.errors import InputError
 from minority_core.io import Manifest, ShardStore, config_hash
 
 SAMPLES = "samples"
+MANIFEST = "manifest.json"
 LOG = logging.getLogger(__name__)
 
 
@@ -144,6 +145,27 @@ def pending_shards(
             if int(index) in records[kind]:
                 manifest.discard(kind, int(index))
     return specs.subset(todo)
+
+
+def resolve_out(out: str, workers: int) -> str:
+    """The output URL as every process of the run must see it: `file://` paths made absolute here,
+    in the driver (an actor of a cluster started elsewhere resolves a relative one against its own
+    working directory), and `memory://` refused with workers (each actor has its own memory:
+    its shards would be kept nowhere the driver can read)."""
+    if out.startswith("memory://") and workers:
+        raise InputError(f"--out {out} is this process's memory, which Ray workers cannot see: use --workers 0, or a folder or bucket")
+    if out.startswith("file://") and not out.startswith("file:///"):
+        import os
+
+        return "file://" + os.path.abspath(os.path.expanduser(out[len("file://"):]))
+    return out
+
+
+def check_sample_out(store: ShardStore) -> None:
+    """`sample` writes OUT/samples/shard-00000.parquet: only into a folder that holds no run (a
+    synthesize run's committed shard 0 would be overwritten and fail its sha256)."""
+    if store.read_text(MANIFEST) is not None or store.list_names("commits"):  # one being written: its lease refuses `sample`
+        raise InputError(f"{store.url} holds a synthesize run (or one being written), not a folder `sample` created: give `sample` another --out")
 
 
 def same_run(recorded: dict, identity: dict) -> bool:

@@ -6,12 +6,14 @@ Layout under REFERENCE/<extractor>/: `features/shard-00000.parquet` (the real fe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
 import fsspec
 import numpy as np
 
+from minority_core.errors import InputError
 from minority_core.io import ShardStore, features_matrix, features_table, sample_id
 
 LOG = logging.getLogger(__name__)
@@ -27,12 +29,20 @@ def reference_exists(reference: str, extractor: str, storage_options: dict) -> b
     return bool(fs.exists(path))
 
 
+def reference_digest(index_url: str, storage_options: dict) -> str:
+    """sha256 of a saved set's meta.json, which holds the size and sha256 of every file of it: what
+    scores record, so a set rebuilt under the same URL is told apart from the one they came from."""
+    fs, path = fsspec.core.url_to_fs(f"{index_url}/meta.json", **storage_options)
+    return hashlib.sha256(fs.cat_file(path)).hexdigest()
+
+
 def build_reference_set(
     source: str, extractor: str, reference: str, storage_options: dict, k_lof: int, k_rarity: int, index: str, device: str,
-    logger: logging.Logger | logging.LoggerAdapter = LOG,
+    logger: logging.Logger | logging.LoggerAdapter = LOG, overwrite: bool = False,
 ) -> dict:
     """Featurise the real data of `source` (bundled:digits, an image folder, or Parquet with an image
-    column), store the features and the precomputed ReferenceSet; returns its URL and size."""
+    column), store the features and the precomputed ReferenceSet; returns its URL and size. A built
+    set is immutable (scores name it): replacing it takes `overwrite`, under the set's lease."""
     from minority_core.io.lease import Lease
     from minority_core.io.sources import load_reference_images
     from minority_core.metrics import ReferenceSet
@@ -41,6 +51,9 @@ def build_reference_set(
     url = reference_url(reference, extractor)
     store = ShardStore(url, storage_options)
     with Lease.acquire(store, "build-reference") as lease:  # two builders of one URL: the second fails at once, naming the first
+        if not overwrite and reference_exists(reference, extractor, storage_options):
+            raise InputError(f"{url} already holds a reference set (runs scored against it name it): use another --reference, "
+                             "or pass --overwrite to rebuild it")
         images = load_reference_images(source, storage_options)
         features = get_extractor(extractor, device=device)(images)
         store.check_writable()

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import pyarrow as pa
 
-from minority_core.errors import InputError
+from minority_core.errors import InputError, MissingFileError
 from minority_core.io import Manifest, ShardRecord, ShardStore, features_matrix, sample_id, scores_table
 from minority_core.runs.commit import ManifestCommitter
 from minority_core.runs.plan import remove_uncommitted
@@ -35,16 +35,24 @@ def scores_kind(manifest: Manifest) -> str:
     return f"scores/{manifest.config['extractor']}"
 
 
-def record_scoring(store: ShardStore, manifest: Manifest, reference_index: str, k_avg: int) -> None:
+def record_scoring(store: ShardStore, manifest: Manifest, reference_index: str, k_avg: int, reference_sha256: str | None = None) -> None:
     """Scores of one run come from one reference set and one k: `scores/<extractor>/scoring.json`
-    records them with the first scores; scoring again with another reference or k is one line
-    (keeping the old shards and adding new ones would mix two scorings, and skipping them would
-    report the old ones as the new)."""
+    records them (the set's URL and the sha256 of its meta.json, which holds every file's hash)
+    with the first scores; scoring again with another reference, the same URL rebuilt, or another
+    k is one line (keeping the old shards and adding new ones would mix two scorings, and
+    skipping them would report the old ones as the new)."""
     path = f"{scores_kind(manifest)}/scoring.json"
-    wanted = {"reference": reference_index, "k_avg": k_avg}
+    wanted = {"reference": reference_index, "k_avg": k_avg, **({"reference_sha256": reference_sha256} if reference_sha256 else {})}
     text = store.read_text(path)
     if text is not None and manifest.committed(scores_kind(manifest)):
-        had = json.loads(text)
+        try:
+            had = json.loads(text)
+            had = {"reference_sha256": reference_sha256, **had} if reference_sha256 else had  # one written before the hash was
+        except ValueError:
+            had = {"reference": "an unreadable scoring.json", "k_avg": "?"}
+        if {**had, "reference_sha256": None} == {**wanted, "reference_sha256": None} and had != wanted:
+            raise InputError(f"{store.url} was scored against {reference_index} before that reference set was rebuilt (its meta.json changed): "
+                             f"delete {store.url_of(scores_kind(manifest))} to rescore against the new one")
         if had != wanted:
             raise InputError(f"{store.url} was scored against {had['reference']} with k={had['k_avg']}; scoring it against {reference_index} "
                              f"with k={k_avg} would mix the two: pass the same --reference and --k, or delete {store.url_of(scores_kind(manifest))} to rescore")
@@ -65,6 +73,18 @@ def unscored(store: ShardStore, manifest: Manifest) -> tuple[list[ShardRecord], 
     sizes = store.list_sizes(kind)
     done = {r.index for r in manifest.records(kind) if sizes.get(r.index) == r.bytes}
     return [r for r in manifest.records(f"features/{manifest.config['extractor']}") if r.index not in done], len(done)
+
+
+def check_committed(store: ShardStore, manifest: Manifest, kinds: Iterable[str]) -> None:
+    """Refuse in one line if a committed record of `kinds` has no file at its recorded size (one
+    listing per kind, no bytes read): scores of samples that are gone would describe nothing."""
+    for kind in kinds:
+        sizes = store.list_sizes(kind)
+        gone = [r.key for r in manifest.records(kind) if sizes.get(r.index) != r.bytes]
+        if gone:
+            more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+            raise MissingFileError(f"{store.url}: committed shard(s) {', '.join(gone[:3])}{more} are missing from storage or resized: rerun "
+                                   "`minority-synth synthesize` with the run's options (it regenerates them), then score again")
 
 
 def score_shard(store: ShardStore, refset, record: ShardRecord, extractor: str, k_avg: int, run: str | None = None) -> ShardRecord:

@@ -21,7 +21,7 @@ from minority_core.demo.labeling import label_samples
 from minority_core.io import ShardRecord, ShardStore, features_table, sample_id, samples_table
 from minority_core.io.images import to_uint8_nhwc
 from minority_core.models import LoadedModel, load_model
-from minority_core.runs.generate import check_class_labels, generate, sample_prompts
+from minority_core.runs.generate import check_class_labels, generate, generation_threads, sample_prompts
 from minority_core.runs.plan import ShardSpec
 
 
@@ -38,7 +38,8 @@ def sample_shard(loaded: LoadedModel, sampler: SamplerConfig, spec: ShardSpec, a
     """One shard's images (float NCHW in [−1, 1]) and its samples table: class labels (given, or
     predicted where the product has a labeller), the guidance scale, the arm, the prompts."""
     images, class_labels = generate(loaded, spec.rows, sampler, spec.seed, device, first_index=spec.first_index)
-    labels = class_labels.numpy() if class_labels is not None else label_samples(loaded.spec, images)
+    with generation_threads():  # the labeller's argmax too, as in an actor
+        labels = class_labels.numpy() if class_labels is not None else label_samples(loaded.spec, images)
     scale = 0.0 if sampler.guidance is None else sampler.guidance.scale
     prompts = sample_prompts(sampler, spec.first_index, spec.rows)
     table = samples_table(to_uint8_nhwc(images), spec.index, spec.seed, labels=labels, guidance=scale, arm=arm, prompts=prompts)
@@ -82,7 +83,7 @@ class ShardWorker:
         images, table = sample_shard(self.loaded, self.config.sampler, ShardSpec(index, rows, seed, first_index), self.config.output.arm, self.device)
         features_record = None
         if self.extractor is not None:
-            with torch.no_grad():
+            with torch.no_grad(), generation_threads():  # features too: the same bytes in-process and on an actor
                 feats = self.extractor(images)
             ids = [sample_id(index, row) for row in range(rows)]
             features_record = self.store.write_shard(f"features/{self.extractor.name}", index, features_table(ids, feats))
