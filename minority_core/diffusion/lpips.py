@@ -118,7 +118,7 @@ class LPIPS(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] != 3:
-            raise InputError(f"LPIPS needs 1- or 3-channel images, got {x.shape[1]} channels")
+            raise InputError(f"LPIPS needs 1- or 3-channel images, got {x.shape[1]} channels: use distance l2 (--distance l2)")
         if min(x.shape[-2:]) < MIN_SIZE:  # too small for AlexNet: upsample, as one would to view it
             x = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
         return (x - self.shift) / self.scale
