@@ -51,6 +51,8 @@ def tradeoff_png(assessed: Sequence[Mapping[str, Any]], rarity: str, bounds: Map
     metrics = list(bounds)
     fig = Figure(figsize=(5.5 * len(metrics), 4.2), dpi=100, layout="constrained")
     base = next(r for r in assessed if not r.get("scale"))
+    guided = [r for r in assessed if r.get("scale")]
+    only_w = len({(r.get("perturb_ratio"), r.get("every"), r.get("stop_ratio")) for r in guided}) <= 1  # else label by arm name
     for position, metric in enumerate(metrics, start=1):
         ax = fig.add_subplot(1, len(metrics), position)
         for row in assessed:
@@ -60,14 +62,15 @@ def tradeoff_png(assessed: Sequence[Mapping[str, Any]], rarity: str, bounds: Map
             is_base, is_chosen = not row.get("scale"), row["name"] == chosen
             color = "#7f7f7f" if is_base else "#2ca02c" if row["meets"] else "#d62728"
             ax.scatter([x], [y], s=180 if is_chosen else 40, marker="*" if is_chosen else "o", color=color, zorder=3)
-            ax.annotate(f"w={row['scale']:g}" if not is_base else "standard", (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            label = "standard" if is_base else f"w={row['scale']:g}" if only_w else row["name"]
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if base.get(metric) is not None:
             ax.axvline(float(base[metric]) - bounds[metric], color="#333333", linestyle="--", linewidth=1, label=f"bound: standard − {bounds[metric]:g}")
             ax.legend(loc="best", fontsize=8, frameon=False)
         ax.set_xlabel(f"{LABELS.get(metric, metric)} (quality: right is better)")
         ax.set_ylabel(f"{LABELS.get(rarity, rarity)} (rarity: up is rarer)")
         ax.grid(alpha=0.3)
-    fig.suptitle("Pilot sweep: rarity against quality (green: within the bounds, red: not; star: chosen)", fontsize=10)
+    fig.suptitle("Pilot sweep: rarity against quality\n(green: within the bounds, red: not; star: chosen)", fontsize=10)
     return _figure_png(fig)
 
 
