@@ -154,6 +154,15 @@ def test_a_dataset_file_tune_cannot_update_is_refused_before_any_work(tmp_path, 
     assert dataset.read_text() == before and not (tmp_path / "out").exists()
 
 
+def latest_artifact(key: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return str(max(found, key=lambda a: a.created).data) if found else ""
+
+
 def test_tune_end_to_end_picks_a_setting_within_its_bound_writes_it_and_refuses_an_impossible_bound(tmp_path, prefect_api):
     from minority_synth.cli import main
 
@@ -207,6 +216,7 @@ def test_tune_end_to_end_picks_a_setting_within_its_bound_writes_it_and_refuses_
     page = (out / "report" / "tune.html").read_text()
     assert written["chosen"] in page and (out / "report" / "tradeoff.png").stat().st_size > 1000
     assert (out / "report" / "index.html").is_file()
+    assert "data:image/png;base64," in latest_artifact("tune-tradeoff")  # the plot, inlined in the Prefect artifact
 
     # Resumed (no shard regenerated) with a bound impossible by construction: precision ≤ 1, so a
     # drop of at most -1.01 asks for precision ≥ standard's + 1.01 > 1. One line, exit 2, nothing written.
