@@ -27,6 +27,7 @@ from prefect.runtime import flow_run
 from flows.scoring import build_reference, report_runs, score
 from flows.synthesize import LANE_RUNNER, run_synthesis
 from minority_core.config.datasets import get_dataset
+from minority_core.config.resources import check_fits_here
 from tasks.storage_blocks import use_storage_block
 
 
@@ -98,6 +99,7 @@ def synthesize_dataset(
     out = out or f"{entry.output_url}/{name}"
     config = entry.synthesis_config(num_samples=num_samples, shard_size=shard_size, guidance_scale=guidance_scale, steps=steps, seed=seed,
                                     workers=workers, out=out)
+    check_fits_here(config)  # before anything is written: workers, batch memory, class labels on this machine
     logger.info("dataset %s: seed %d (%s), output %s, attempt %d", dataset, seed, "pinned" if pinned else "drawn from this flow run", out,
                 flow_run.get_run_count())
     progress = create_progress_artifact(0.0, key=f"{dataset}-progress", description=f"{name}: shards committed")

@@ -223,6 +223,9 @@ def normalise_out(out: str) -> str:
 def synthesize(prompts_file, storage_option, **options):
     """Run the synthesis flow (Prefect + Ray + Parquet shards); rerunning the same command resumes."""
     config = config_from_cli(options, prompts_file, storage_option)
+    from minority_core.config.resources import check_fits_here
+
+    check_fits_here(config)  # workers against CPUs, the batch against memory, labels against the model: before Ray or Prefect starts
     from minority_core.runs.plan import resolve_out
 
     resolve_out(config.output.out, config.execution.workers)  # memory:// with Ray workers: one line before Prefect starts

@@ -271,6 +271,12 @@ def _arm_result_of_empty_run(tmp: Path):
     return arm_result(_empty_run(tmp), np.zeros((8, 64), np.float32), {})
 
 
+def _local_cpus() -> int:
+    from minority_core.config.resources import local_cpus
+
+    return local_cpus()
+
+
 LATENT_DATASET = """name: {name}
 model: latent:/nonexistent/pipeline
 reference: {{source: bundled:digits, url: /tmp/ref}}
@@ -307,6 +313,22 @@ CASES.update({
     "cli: dataset reference outside": (
         refused_case(["datasets", "validate", "{tmp}/ru.yaml"], {"ru.yaml": VALID_DATASET.format(name="ru").replace("url: /tmp/ref", "url: runs/../../ref")}),
         "reference.url: 'runs/../../ref' climbs out",
+    ),
+    "cli: workers over this machine's CPUs": (
+        refused_case(["synthesize", "--num-samples", "4", "--workers", str(min(_local_cpus() + 1, 256)), "--out", "{tmp}/o"]),
+        "CPU(s) and each local worker takes one: use --workers",
+    ),
+    "cli: batch over this machine's memory": (
+        refused_case(["synthesize", "--num-samples", "1000000", "--shard-size", "1000000", "--batch-size", "1000000", "--out", "{tmp}/o"]),
+        "estimated from its architecture) but",
+    ),
+    "cli: class label on an unconditional model": (
+        refused_case(["synthesize", "--num-samples", "4", "--class-label", "3", "--out", "{tmp}/o"]),
+        "class labels [3] given but bundled:digits is unconditional",
+    ),
+    "cli: dataset class_labels on an unconditional model": (
+        refused_case(["datasets", "validate", "{tmp}/cl.yaml"], {"cl.yaml": VALID_DATASET.format(name="cl") + "sampler: {class_labels: [3]}\n"}),
+        "sampler.class_labels: class labels [3] given but bundled:digits is unconditional",
     ),
     "run: report of an empty run": (raises_case(_arm_result_of_empty_run, ""), "has no committed samples (an empty or unfinished run): run `minority-synth synthesize`"),
 })

@@ -351,7 +351,7 @@ def check_dataset(entry: DatasetEntry, extra_checks: Sequence[Callable[[DatasetE
     where = entry._file or f"dataset {entry.name}"
     extractor, extractor_problems, warnings = _choose_extractor(entry)
     extra = [problem for check in extra_checks for problem in check(entry)]
-    problems = [*_model_problems(entry), *_source_problems(entry), *_prompts_problems(entry), *extra, *extractor_problems]
+    problems = [*_model_problems(entry), *_labels_problems(entry), *_source_problems(entry), *_prompts_problems(entry), *extra, *extractor_problems]
     if problems:
         raise InputError(f"{where}: {'; '.join(problems)}")
     checked = entry.model_copy(update={"reference": entry.reference.model_copy(update={"extractor": extractor})})
@@ -453,6 +453,19 @@ def _json_problem(path: Path, field: str) -> str | None:
     except (ValueError, UnicodeDecodeError):
         pass
     return f"{field}: {path} is not a JSON object: re-save the model with save_pretrained"
+
+
+def _labels_problems(entry: DatasetEntry) -> list[str]:
+    """sampler.class_labels against the classes the model's config declares (none: unconditional)."""
+    from minority_core.config.resources import check_class_labels
+
+    if "class_labels" not in entry.sampler:
+        return []
+    try:
+        check_class_labels(entry.model_spec, entry.synthesis_config(read_prompts=False).sampler.class_labels)
+    except InputError as exc:
+        return [f"sampler.class_labels: {_first_line(exc)}"]
+    return []
 
 
 def _source_problems(entry: DatasetEntry) -> list[str]:
