@@ -90,3 +90,51 @@ def test_ivf_prdc_matches_exact_kind():
     fake = (clustered(1200, 8, np.random.default_rng(5)) * 1.05 + 0.1).astype(np.float32)
     fake = np.concatenate([fake, fake[:5] + 300.0])  # a few fakes far from every real ball
     assert prdc(real, fake, index="ivf") == prdc(real, fake, index="exact")
+
+
+def wide(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    """Wide features near a 10-dim subspace (as Inception features are), for the "pca" kind."""
+    basis = np.linalg.qr(rng.normal(size=(d, 10)))[0]
+    return (rng.normal(size=(n, 10)) * np.linspace(3, 0.5, 10)) @ basis.T + 0.05 * rng.normal(size=(n, d))
+
+
+@pytest.mark.parametrize("dims", [3, 16])
+def test_pca_kind_scores_every_sample_exactly(dims, monkeypatch, tmp_path):
+    """The projected coarse search is certified per query: with 3 projected dims (far too few, so
+    most queries are widened) and 16, every score equals the brute-force one, far queries included,
+    and a saved set (projection.npy) scores the same after loading."""
+    monkeypatch.setattr(knn_module, "PCA_DIMS", dims)
+    rng = np.random.default_rng(11)
+    ref = wide(1200, 96, rng).astype(np.float32)
+    q = queries(ref, rng)
+    rs = ReferenceSet.build(ref, k_lof=10, k_rarity=3, index="pca")
+    assert rs.index.kind == "pca" and rs.index.projection.shape == (dims, 96)
+    rs.index.engine.candidates_reranked = 0
+    got = rs.score(q, k_avg=5)
+    avgknn, rarity = brute(ref, q, 5, 3)
+    lof = -LocalOutlierFactor(n_neighbors=10, novelty=True).fit(ref.astype(np.float64)).score_samples(q.astype(np.float64))
+    np.testing.assert_allclose(got["avgknn"], avgknn, rtol=1e-6)
+    np.testing.assert_allclose(got["lof"], lof, rtol=1e-4)
+    np.testing.assert_array_equal(got["in_support"], ~np.isnan(rarity))
+    np.testing.assert_allclose(got["rarity"], rarity, rtol=1e-6)
+    if dims == 16:  # 16 projected dims cover the 10-dim data: few full vectors re-ranked
+        assert rs.index.engine.candidates_reranked < len(q) * len(ref) / 4
+    assert rs.accuracy["share_within_1pct"] == 1.0 and max(rs.accuracy["max_rel_error"].values()) == 0.0
+    rs.save(str(tmp_path / "ref"))
+    again = ReferenceSet.load(str(tmp_path / "ref")).score(q, k_avg=5)
+    for key, value in got.items():
+        np.testing.assert_array_equal(again[key], value)
+
+
+def test_pca_kind_reranks_memory_mapped_vectors(tmp_path):
+    """The full vectors may stay on disk: an index over np.load(mmap_mode="r") answers exactly."""
+    rng = np.random.default_rng(12)
+    ref = wide(900, 64, rng).astype(np.float32)
+    np.save(tmp_path / "features.npy", ref)
+    mapped = np.load(tmp_path / "features.npy", mmap_mode="r")
+    index = knn_module.KnnIndex.build(mapped, kind="pca")
+    q = queries(ref, rng)
+    dist, ids = index.search64(q, 4)
+    cross = np.sqrt(((q.astype(np.float64)[:, None] - ref.astype(np.float64)[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(dist, np.sort(cross, axis=1)[:, :4], rtol=1e-6)
+    assert not index.vectors.flags.owndata  # no copy of the mapped rows was made

@@ -10,6 +10,9 @@ of only the candidates the bound cannot settle.  Two kinds:
   until every unscanned list's lower bound ‖q − c‖ − ρ exceeds its k-th distance.  The answers
   are the exact ones (certified per query, not tuned on mean recall); only the work shrinks, by
   how well the data clusters.  A query far from all data simply scans more lists.
+* "pca": for wide features (2048-d): the coarse search runs on a PCA projection to PCA_DIMS
+  (exact or IVF there), every answer re-ranked on the full vectors (which may be memory-mapped)
+  and certified by the projection being a contraction (`projected.py`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ import numpy as np
 from minority_core.errors import InputError
 from minority_core.metrics import exact
 from minority_core.metrics.exact import Engine, torch_device
+from minority_core.metrics.projected import ProjectedEngine, fit_projection, project
 
-KINDS = ("auto", "exact", "ivf")
+KINDS = ("auto", "exact", "ivf", "pca")
 DEVICES = ("auto", "cpu", "gpu", "cuda")  # and cuda:N; gpu = cuda
 
 # "auto" scans everything while the brute-force work (indexed rows × expected queries × dims) stays
@@ -38,6 +42,7 @@ EXACT_WORK_BUDGET = 1e12
 IVF_LIST_SIZE = 2048  # rows per k-means list: big enough for efficient GEMM blocks, small enough to prune
 IVF_TRAIN_PER_LIST = 40  # k-means training rows per list; FAISS warns below 39
 IVF_ITERATIONS = 10
+PCA_DIMS = 64  # projected dimensions of the "pca" kind's coarse search
 
 
 # ---------------------------------------------------------------- validation
@@ -107,14 +112,25 @@ class KnnIndex:
     `lists` (IVF: the list of every row, int32; None for exact), `on_gpu`.  Memory: the vectors
     plus one float32 GEMM copy, about 2·N·d·4 bytes."""
 
-    def __init__(self, kind: str, vectors: np.ndarray, lists: np.ndarray | None, device: str = "auto") -> None:
+    def __init__(
+        self, kind: str, vectors: np.ndarray, lists: np.ndarray | None, device: str = "auto",
+        projection: np.ndarray | None = None,
+    ) -> None:
         self.kind = kind
         self.vectors = vectors
         self.lists = lists
+        self.projection = projection
         _check_device(device)
         self.device = torch_device(device)
         self.mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self.engine = _engine(vectors, self.mean, lists, self.device)
+        if kind != "pca":
+            self.engine = _engine(vectors, self.mean, lists, self.device)
+            return
+        z, z_error = project(vectors, self.mean, projection)
+        if lists is None and len(z) ** 2 * z.shape[1] > EXACT_WORK_BUDGET:
+            self.lists = lists = _kmeans_lists(z, 0)  # IVF in the projected space
+        inner = _engine(z, np.zeros(z.shape[1], dtype=np.float32), lists, self.device)
+        self.engine = ProjectedEngine(vectors, self.mean, projection, inner, z_error)
 
     @property
     def n(self) -> int:
@@ -143,7 +159,8 @@ class KnnIndex:
             queries = n if expected_queries is None else max(1, int(expected_queries))
             kind = "exact" if n * queries * d <= EXACT_WORK_BUDGET else "ivf"
         lists = _kmeans_lists(vectors, seed) if kind == "ivf" else None
-        return cls(kind, vectors, lists, device)
+        projection = fit_projection(vectors, min(PCA_DIMS, d), seed=seed) if kind == "pca" else None
+        return cls(kind, vectors, lists, device, projection)
 
     # ------------------------------------------------------------ queries
 
@@ -179,15 +196,23 @@ class KnnIndex:
 
     def config(self) -> dict[str, Any]:
         """What `restore` needs besides the vectors and `lists`."""
-        return {"kind": self.kind, "lists": None if self.lists is None else int(self.lists.max()) + 1}
+        return {"kind": self.kind, "lists": None if self.lists is None else int(self.lists.max()) + 1,
+                "projected_dims": None if self.projection is None else len(self.projection)}
 
     @classmethod
-    def restore(cls, vectors: np.ndarray, config: dict[str, Any], lists: np.ndarray | None = None, device: str = "auto") -> KnnIndex:
-        """Rebuild from `config()`, the vectors and (IVF) the saved list of every row: no k-means again."""
+    def restore(
+        cls, vectors: np.ndarray, config: dict[str, Any], lists: np.ndarray | None = None, device: str = "auto",
+        projection: np.ndarray | None = None,
+    ) -> KnnIndex:
+        """Rebuild from `config()`, the vectors, (IVF) the saved list of every row and (PCA) the
+        projection: no k-means or PCA again.  `vectors` may be memory-mapped."""
         vectors = as_matrix(vectors, "vectors")
-        if config["kind"] == "ivf" and (lists is None or lists.shape != (len(vectors),)):
+        kind = config["kind"]
+        if kind == "ivf" and (lists is None or lists.shape != (len(vectors),)):
             raise InputError(f"an ivf index needs the list of each of its {len(vectors)} rows to be restored: save the set again")
-        return cls(config["kind"], vectors, None if config["kind"] == "exact" else lists, device)
+        if kind == "pca" and (projection is None or projection.ndim != 2 or projection.shape[1] != vectors.shape[1]):
+            raise InputError(f"a pca index needs its projection (p × {vectors.shape[1]}) to be restored: save the set again")
+        return cls(kind, vectors, None if kind == "exact" else lists, device, projection if kind == "pca" else None)
 
 
 # ---------------------------------------------------------------- helpers
