@@ -288,3 +288,14 @@ def test_a_built_reference_is_immutable_and_scores_name_the_one_they_came_from(c
     assert code == 0, output
     with pytest.raises(InputError, match="before that reference set was rebuilt"):  # not 'skipped 4' with the old set's scores
         score_run(str(run_copy), ref, workers=0)
+
+
+def test_verify_names_a_shard_that_holds_another_shards_ids(clean_run, run_copy):
+    """A copy of shard 3 under index 2 with its record resealed passes size and sha256; its ids give it away."""
+    samples = run_copy / "samples"
+    data = (samples / "shard-00003.parquet").read_bytes()
+    (samples / "shard-00002.parquet").write_bytes(data)
+    edit_manifest(run_copy, lambda shards: shards["samples/00002"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data)))
+    code, output = cli("verify", "--run", str(run_copy))
+    bad = json.loads(output)["bad"]
+    assert code == 1 and [b["shard"] for b in bad] == ["samples/00002"] and "not shard 00002's" in bad[0]["problem"]

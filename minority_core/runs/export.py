@@ -93,17 +93,19 @@ def export_runs(runs: list[tuple[ShardStore, Manifest]], out: ShardStore, select
     names = [p.run for p in parts]
     if len(set(names)) != len(names):
         raise InputError("the same run is given twice: give each run once")
-    out.check_writable()
-    writer = ParquetWriter(out) if fmt == "parquet" else ImageFolderWriter(out)
-    try:
-        for part in parts:
-            for table in export_tables(part):
-                writer.add(table)
-        writer.finish()
-        out.write_text("README.md", dataset_card(parts, fmt, writer.rows))
-    except BaseException:
-        remove_export(out)  # the folder was empty: a half export would only be refused next time
-        raise
+    from minority_core.io.lease import Lease
+
+    with Lease.acquire(out, "export"):  # (checks it is writable) two exports into one folder: the second is refused
+        writer = ParquetWriter(out) if fmt == "parquet" else ImageFolderWriter(out)
+        try:
+            for part in parts:
+                for table in export_tables(part):
+                    writer.add(table)
+            writer.finish()
+            out.write_text("README.md", dataset_card(parts, fmt, writer.rows))
+        except BaseException:
+            remove_export(out)  # the folder was empty: a half export would only be refused next time
+            raise
     return {"out": out.fs.unstrip_protocol(out.root), "format": fmt, "rows": writer.rows,
             "runs": [{"run": p.run, "rows": int(len(p.rows))} for p in parts]}
 

@@ -27,6 +27,14 @@ def select_rarest(
     `per_prompt`: the top fraction of each prompt's eligible samples (at least one each), so every
     prompt contributes its own rare cases rather than the rarest prompt all of them."""
     check_rule(metric, top_q, threshold, per_prompt, min_confidence)
+    from minority_core.io.lease import Lease
+
+    with Lease.acquire(store, "filter"):  # a writer of the run like any other: refused while synthesize or score holds it
+        return _select(store, manifest, metric, top_q, threshold, name, per_prompt, in_support, min_confidence)
+
+
+def _select(store: ShardStore, manifest: Manifest, metric: str, top_q: float | None, threshold: float | None, name: str | None,
+            per_prompt: bool, in_support: bool, min_confidence: float | None) -> dict:
     scores = score_table(store, manifest)
     if scores.num_rows == 0:
         raise InputError(f"{store.url} has no scores yet: run `minority-synth score` first")

@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from minority_core.errors import CorruptShardError, InputError, StorageError
-from minority_core.io import Manifest, ShardRecord, ShardStore
+from minority_core.io import Manifest, ShardRecord, ShardStore, sample_id
 
 LOG = logging.getLogger(__name__)
 
@@ -19,11 +19,15 @@ LOG = logging.getLogger(__name__)
 def check_record(store: ShardStore, record: ShardRecord) -> str | None:
     """None if the stored shard matches its record, else what is wrong with it (one line)."""
     try:
-        store.read_shard(record)  # size + sha256 against the record, then Parquet and row count
+        table = store.read_shard(record)  # size + sha256 against the record, then Parquet and row count
     except FileNotFoundError:
         return "missing"
     except CorruptShardError as err:
         return str(err).splitlines()[0]
+    if "sample_id" in table.column_names and record.kind.split("/")[0] in ("samples", "features", "scores"):
+        ids = table.column("sample_id").to_pylist()  # shard k holds ids k-0 … k-(rows-1): a copy of another shard does not
+        if ids != [sample_id(record.index, row) for row in range(len(ids))]:
+            return f"holds sample ids {ids[0] if ids else ''}… that are not shard {record.index:05d}'s (a copy of another shard?)"
     return None
 
 
