@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 LEASE_DIR = "leases"
 _HELD: dict[str, Lease] = {}  # the leases this process holds, by store URL
 _HELD_LOCK = threading.Lock()
+_GIVEN_BACK: set[str] = set()  # owners of leases this process released but could not delete (storage down)
 TTL_S = 60.0  # a lease not renewed for this long is stale: its holder is taken to be dead
 RENEW_EVERY_S = 15.0
 
@@ -125,9 +126,12 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if self.lost is None:
-            self.store.remove(_name(self.generation))
-        self.store.remove_empty_dirs(LEASE_DIR)
+        try:
+            if self.lost is None:
+                self.store.remove(_name(self.generation))
+            self.store.remove_empty_dirs(LEASE_DIR)
+        except Exception:  # storage down (the run's own error says so): the file outlives its holder, whom
+            _GIVEN_BACK.add(self.record["owner"])  # this process must not wait for (its rerun here would, 60 s)
 
     def __enter__(self) -> Lease:
         return self
@@ -166,7 +170,7 @@ def newest(store: ShardStore) -> tuple[int, dict[str, Any]] | None:
 def live(record: dict[str, Any]) -> bool:
     """Whether a lease's holder may still be writing: not expired, and, on this machine, its
     process still exists (a killed run's lease is free at once, not after TTL_S)."""
-    if record["expires"] <= time.time():
+    if record["expires"] <= time.time() or record.get("owner") in _GIVEN_BACK:
         return False
     if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
         try:

@@ -15,6 +15,7 @@ import numpy as np
 
 from minority_core.errors import InputError
 from minority_core.io import ShardStore, features_matrix, features_table, sample_id
+from minority_core.io.retry import retry
 
 LOG = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def build_reference_set(
         store.write_shard("features", 0, features_table([sample_id(0, i) for i in range(len(features))], features))
         built = ReferenceSet.build(features, k_lof=k_lof, k_rarity=k_rarity, index=index)
         lease.check()  # a builder that lost the lease must not write the set (its meta.json completes it)
-        built.save(f"{url}/index", storage_options)
+        # each file atomic, meta.json last: a save retried whole is safe; an outage is one line (StorageError)
+        retry(lambda: built.save(f"{url}/index", storage_options), f"saving the reference set {url}/index")
     logger.info("reference set %s: %d images, %d-d %s features", url, len(features), features.shape[1], extractor)
     return {"url": url, "rows": int(len(features)), "dim": int(features.shape[1])}
 
