@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-SUPERVISED_COMMANDS = frozenset({"synthesize", "score", "demo", "compare", "augment-eval"})  # those that start Prefect or Ray
+SUPERVISED_COMMANDS = frozenset({"synthesize", "score", "demo", "compare", "augment-eval", "tune"})  # those that start Prefect or Ray
 SUPERVISED_ENV = "MINORITY_SUPERVISED"  # set in the command's own process: it must not supervise itself again
 GRACE_S = 3.0  # the command's own time to stop after a signal
 KILL_AFTER_S = 2.0  # SIGTERM to SIGKILL, for what is left after that
