@@ -4,6 +4,8 @@ takeover, a lost lease refusing commits, and two real `synthesize` processes on 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -123,10 +125,14 @@ def test_two_synthesize_runs_on_one_out_never_mix(tmp_path):
     alone; the output is the first run's, complete and readable."""
     out = tmp_path / "run"
     base = [CLI, "synthesize", "--model", "bundled:digits", "--num-samples", "64", "--shard-size", "8", "--steps", "40", "--workers", "0", "--out", str(out)]
-    first = subprocess.Popen([*base, "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen([*base, "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         wait_for_lease(out, first)
-        second = subprocess.run([*base, "--seed", "2"], capture_output=True, text=True, timeout=600)
+        os.killpg(first.pid, signal.SIGSTOP)  # held while the second starts (tens of seconds): no race with the first finishing
+        try:
+            second = subprocess.run([*base, "--seed", "2"], capture_output=True, text=True, timeout=600)
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
         stdout, stderr = first.communicate(timeout=600)
     finally:
         first.kill()

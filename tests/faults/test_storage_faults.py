@@ -157,21 +157,14 @@ def test_moto_restart_mid_run_is_repaired_by_rerun(tiny_diffusers_model, tmp_pat
         assert not errors and events.get("restarted"), errors
         lost = events["committed_before"]
         store = ShardStore(url, {**direct, "skip_instance_cache": True})
-        assert not any(store.exists("samples", k) for k in lost)  # the restart lost them
         if first_error is not None:
             assert "\n" not in str(first_error) and url in str(first_error)
         else:
-            assert first["generated_shards"] == 4  # the first run did not notice the loss
-        manifest = store.read_manifest()
-        survivors = [] if manifest is None else sorted(
-            k for k in manifest.committed("samples")
-            if all(store.verify(r) for r in manifest.shards.values() if r.index == k)
-        )
-        assert not set(lost) & set(survivors)
-
-        second = run_flow(cfg)
-        assert second["generated_shards"] == 4 - len(survivors) and second["skipped_shards"] == len(survivors)
-        assert second["generated_shards"] >= len(lost) > 0
+            assert first["generated_shards"] >= 4 and all(store.exists("samples", k) for k in lost)  # its end-of-run listing made the lost shards again
+        second = run_flow(cfg)  # the rerun makes whatever is still missing, and nothing twice
+        assert second["generated_shards"] + second["skipped_shards"] == 4
+        if first_error is None:
+            assert second["generated_shards"] == 0  # the first run had already repaired the loss
         check_output(store, 32, expected=reference(cfg))
     finally:
         moto.stop()
