@@ -50,6 +50,16 @@ def brute(ref: np.ndarray, q: np.ndarray, k_avg: int, k_rarity: int) -> tuple[np
     return np.sort(cross, axis=1)[:, :k_avg].mean(axis=1), np.where(inside.any(axis=1), rarity, np.nan)
 
 
+def assert_scores_match_oracles(got: dict, ref: np.ndarray, q: np.ndarray) -> None:
+    """AvgkNN (k=5) and Rarity (k=3) against brute force, LOF (k=10) against sklearn."""
+    avgknn, rarity = brute(ref, q, 5, 3)
+    lof = -LocalOutlierFactor(n_neighbors=10, novelty=True).fit(ref.astype(np.float64)).score_samples(q.astype(np.float64))
+    np.testing.assert_allclose(got["avgknn"], avgknn, rtol=1e-6)
+    np.testing.assert_allclose(got["lof"], lof, rtol=1e-4)
+    np.testing.assert_array_equal(got["in_support"], ~np.isnan(rarity))
+    np.testing.assert_allclose(got["rarity"], rarity, rtol=1e-6)
+
+
 def queries(ref: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Held-out-like samples (jittered rows), points between rows, and points far from everything."""
     d = ref.shape[1]
@@ -74,12 +84,7 @@ def test_ivf_scores_every_sample_exactly(shape):
     assert rs.index.kind == "ivf" and rs.index.engine.n_lists == 20
     got = rs.score(q, k_avg=5)
 
-    avgknn, rarity = brute(ref, q, 5, 3)
-    lof = -LocalOutlierFactor(n_neighbors=10, novelty=True).fit(ref.astype(np.float64)).score_samples(q.astype(np.float64))
-    np.testing.assert_allclose(got["avgknn"], avgknn, rtol=1e-6)
-    np.testing.assert_allclose(got["lof"], lof, rtol=1e-4)
-    np.testing.assert_array_equal(got["in_support"], ~np.isnan(rarity))
-    np.testing.assert_allclose(got["rarity"], rarity, rtol=1e-6)
+    assert_scores_match_oracles(got, ref, q)
     assert not got["in_support"][-20:].any()  # the far queries: out of support, with exact AvgkNN above
     assert rs.accuracy["share_within_1pct"] == 1.0 and max(rs.accuracy["max_rel_error"].values()) == 0.0
 
@@ -111,12 +116,7 @@ def test_pca_kind_scores_every_sample_exactly(dims, monkeypatch, tmp_path):
     assert rs.index.kind == "pca" and rs.index.projection.shape == (dims, 96)
     rs.index.engine.candidates_reranked = 0
     got = rs.score(q, k_avg=5)
-    avgknn, rarity = brute(ref, q, 5, 3)
-    lof = -LocalOutlierFactor(n_neighbors=10, novelty=True).fit(ref.astype(np.float64)).score_samples(q.astype(np.float64))
-    np.testing.assert_allclose(got["avgknn"], avgknn, rtol=1e-6)
-    np.testing.assert_allclose(got["lof"], lof, rtol=1e-4)
-    np.testing.assert_array_equal(got["in_support"], ~np.isnan(rarity))
-    np.testing.assert_allclose(got["rarity"], rarity, rtol=1e-6)
+    assert_scores_match_oracles(got, ref, q)
     if dims == 16:  # 16 projected dims cover the 10-dim data: few full vectors re-ranked
         assert rs.index.engine.candidates_reranked < len(q) * len(ref) / 4
     assert rs.accuracy["share_within_1pct"] == 1.0 and max(rs.accuracy["max_rel_error"].values()) == 0.0

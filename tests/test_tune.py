@@ -123,6 +123,11 @@ def test_bad_tune_input_is_one_line_before_any_work(tmp_path, args, message):
     assert not (tmp_path / "out").exists() and not (tmp_path / "ref").exists()
 
 
+def tune_args(tmp_path, out) -> list[str]:
+    """`tune` on the bundled model, its reference built under tmp_path from the bundled digits."""
+    return ["tune", "--model", "bundled:digits", "--reference", str(tmp_path / "ref"), "--reference-source", "bundled:digits", "--out", str(out)]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -136,19 +141,7 @@ def test_a_dataset_file_tune_cannot_update_is_refused_before_any_work(tmp_path, 
     dataset = tmp_path / "ds.yaml"
     dataset.write_text(f"name: ds\nreference: {{source: bundled:digits, url: {tmp_path}/ref}}\noutput: {tmp_path}/runs\n{text}")
     before = dataset.read_text()
-    args = [
-        "tune",
-        "--model",
-        "bundled:digits",
-        "--reference",
-        str(tmp_path / "ref"),
-        "--reference-source",
-        "bundled:digits",
-        "--out",
-        str(tmp_path / "out"),
-        "--write-dataset",
-        str(dataset),
-    ]
+    args = [*tune_args(tmp_path, tmp_path / "out"), "--write-dataset", str(dataset)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert dataset.read_text() == before and not (tmp_path / "out").exists()
@@ -170,15 +163,7 @@ def test_tune_end_to_end_picks_a_setting_within_its_bound_writes_it_and_refuses_
     dataset.parent.mkdir()
     shutil.copy(DIGITS_YAML, dataset)
     args = [
-        "tune",
-        "--model",
-        "bundled:digits",
-        "--reference",
-        str(tmp_path / "ref"),
-        "--reference-source",
-        "bundled:digits",
-        "--out",
-        str(out),
+        *tune_args(tmp_path, out),
         "--scales",
         "3,12",
         "--num-samples",

@@ -21,6 +21,15 @@ CELL_SAMPLES = int(os.environ.get("MINORITY_FAULT_CELL_SAMPLES", "24"))
 SLOW = dict(num_samples=24, shard_size=8, steps=60, every=2, guidance_scale=0.4)
 
 
+def slow_cli_args(model_folder: str, out: str | Path) -> list[str]:
+    """The SLOW run as `minority-synth synthesize` arguments (one Ray actor), for the tests that run the real CLI."""
+    return [
+        "synthesize", "--model", f"diffusers:{model_folder}", "--num-samples", str(SLOW["num_samples"]),
+        "--shard-size", str(SLOW["shard_size"]), "--steps", str(SLOW["steps"]), "--every", str(SLOW["every"]),
+        "--guidance-scale", str(SLOW["guidance_scale"]), "--extractor", "pixels", "--workers", "1", "--out", str(out),
+    ]  # fmt: skip
+
+
 def make_config(model_folder: str, out: str, **kw) -> SynthesisConfig:
     base = dict(model=f"diffusers:{model_folder}", extractor="pixels", workers=0, **FAST)
     return SynthesisConfig.from_options(**{**base, "out": out, **kw})

@@ -24,7 +24,7 @@ import pytest
 from minority_core.io import ShardStore
 from minority_synth.env import DEFAULTS
 
-from .helpers import SLOW, check_output, temporaries
+from .helpers import check_output, slow_cli_args, temporaries
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "ray_local")
 
@@ -88,11 +88,7 @@ def summary_of(stdout: str) -> dict:
 
 def test_flow_sigkilled_midway_resumes_only_missing_shards(tiny_diffusers_model, tmp_path, clean_slow_run):
     out = tmp_path / "run"
-    args = [
-        CLI, "synthesize", "--model", f"diffusers:{tiny_diffusers_model}", "--num-samples", str(SLOW["num_samples"]),
-        "--shard-size", str(SLOW["shard_size"]), "--steps", str(SLOW["steps"]), "--every", str(SLOW["every"]),
-        "--guidance-scale", str(SLOW["guidance_scale"]), "--extractor", "pixels", "--workers", "1", "--out", str(out),
-    ]
+    args = [CLI, *slow_cli_args(tiny_diffusers_model, out)]
     mark = uuid.uuid4().hex
     env = cli_env(tmp_path, mark)
     log = tmp_path / "first.log"

@@ -20,7 +20,7 @@ import pytest
 
 from minority_core.io import ShardStore
 
-from .helpers import SLOW, check_output, temporaries
+from .helpers import check_output, slow_cli_args, temporaries
 from .test_flow_sigkill import CLI, REPO, cli_env, committed, kill_all, marked_pids, summary_of
 
 pytestmark = pytest.mark.usefixtures("prefect_api", "ray_local")
@@ -63,11 +63,7 @@ def test_sigint_and_sigterm_stop_the_run_and_the_rerun_resumes(tiny_diffusers_mo
     from prefect.settings import PREFECT_API_URL
 
     out = tmp_path / "run"
-    args = [
-        CLI, "synthesize", "--model", f"diffusers:{tiny_diffusers_model}", "--num-samples", str(SLOW["num_samples"]),
-        "--shard-size", str(SLOW["shard_size"]), "--steps", str(SLOW["steps"]), "--every", str(SLOW["every"]),
-        "--guidance-scale", str(SLOW["guidance_scale"]), "--extractor", "pixels", "--workers", "1", "--out", str(out),
-    ]  # fmt: skip
+    args = [CLI, *slow_cli_args(tiny_diffusers_model, out)]
     session_api = {"PREFECT_API_URL": PREFECT_API_URL.value()}
     for sig, expected, extra in ((signal.SIGINT, 130, {}), (signal.SIGTERM, 143, session_api)):
         mark = uuid.uuid4().hex
